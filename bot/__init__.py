@@ -1,0 +1,1 @@
+"""bot: see DESIGN.md section 2."""

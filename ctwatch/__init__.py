@@ -1,0 +1,1 @@
+"""ctwatch: see DESIGN.md section 2."""

@@ -1,0 +1,1 @@
+"""remediator: see DESIGN.md section 2."""

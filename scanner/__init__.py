@@ -1,0 +1,1 @@
+"""scanner: see DESIGN.md section 2."""

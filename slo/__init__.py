@@ -1,0 +1,1 @@
+"""slo: see DESIGN.md section 2."""
