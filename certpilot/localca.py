@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -217,9 +217,32 @@ class LocalCA:
         )
         if names:
             builder = builder.add_extension(_san(names), critical=False)
-        cert = builder.sign(self.issuer_key, hash_alg or hashes.SHA256())
+        if isinstance(hash_alg, hashes.SHA1):
+            cert = _sign_sha1(builder, self.issuer_key)
+        else:
+            cert = builder.sign(self.issuer_key, hash_alg or hashes.SHA256())
         chain = [self.intermediate] if self.intermediate is not None else []
         return Issued(cert, key, chain)
+
+
+_SHA256_RSA_OID = bytes.fromhex("06092a864886f70d01010b")  # 1.2.840.113549.1.1.11
+_SHA1_RSA_OID = bytes.fromhex("06092a864886f70d010105")  # 1.2.840.113549.1.1.5
+
+
+def _sign_sha1(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:
+    """A SHA-1 signed certificate, for the weak-signature fixture only.
+
+    cryptography refuses SHA-1 in ``CertificateBuilder.sign``, rightly. The two RSA signature
+    OIDs have the same DER length, so: sign with SHA-256, swap the OID in both places, and
+    re-sign the rewritten TBSCertificate with PKCS#1 v1.5 + SHA-1 (RFC 5280 section 4.1).
+    """
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("SHA-1 fixtures need an RSA issuer key")
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    der = der.replace(_SHA256_RSA_OID, _SHA1_RSA_OID)
+    tbs = x509.load_der_x509_certificate(der).tbs_certificate_bytes
+    sig = key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 (weak on purpose)
+    return x509.load_der_x509_certificate(der[: -len(sig)] + sig)
 
 
 def self_signed(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
+from certpilot.domain.inventory import Event, InventoryItem, ScanRun
 from certpilot.domain.model import EndpointTarget, Observation
+from certpilot.domain.problems import ProblemCode
 
 
 class Prober(Protocol):
@@ -21,3 +24,24 @@ class ObservationSink(Protocol):
     """Where scan results go (the inventory store implements it)."""
 
     def record(self, observations: Sequence[Observation]) -> object: ...
+
+
+class InventoryReader(Protocol):
+    """Read side of the inventory, as HTTP handlers and metrics collectors need it."""
+
+    def ping(self) -> None: ...
+
+    def items(
+        self,
+        *,
+        now: datetime,
+        expiring_days: float | None = None,
+        problem: ProblemCode | None = None,
+        source: str | None = None,
+    ) -> list[InventoryItem]: ...
+
+    def events(
+        self, *, since_id: int = 0, limit: int = 1000, ref: str | None = None
+    ) -> list[Event]: ...
+
+    def runs(self, limit: int = 20) -> list[ScanRun]: ...

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -239,8 +241,10 @@ class ParsedCert:
 
 def parse_der(der: bytes, origin: str = "<bytes>") -> ParsedCert:
     try:
-        cert = x509.load_der_x509_certificate(der)
-        return ParsedCert(cert_info(cert, der), cert)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+            return ParsedCert(cert_info(cert, der), cert)
     except (ValueError, TypeError) as e:
         raise CertificateParseError(origin, f"not a DER certificate: {_short(e)}") from e
 
@@ -260,11 +264,14 @@ def parse_pem_bundle(data: bytes, origin: str = "<bytes>") -> list[ParsedCert | 
         body = m.group(0)
         block_origin = f"{origin}#{i}"
         try:
-            cert = x509.load_pem_x509_certificate(body)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                cert = x509.load_pem_x509_certificate(body)
+                info = cert_info(cert)
         except (ValueError, TypeError) as e:
             out.append(CertificateParseError(block_origin, f"malformed PEM certificate: {_short(e)}"))
             continue
-        out.append(ParsedCert(cert_info(cert), cert))
+        out.append(ParsedCert(info, cert))
     return out
 
 
@@ -300,6 +307,29 @@ def signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when ``issuer``'s key verifies ``child``'s signature and the names chain."""
     try:
         child.verify_directly_issued_by(issuer)
+    except (UnsupportedAlgorithm, ValueError):
+        # cryptography refuses SHA-1/MD5 here ("Unsupported signature algorithm"); a weak signature is still a *valid* link (it is
+        # reported as weak_signature), so check it by hand.
+        return _verify_legacy(child, issuer)
+    except (InvalidSignature, TypeError):
+        return False
+    return True
+
+
+def _verify_legacy(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if child.issuer != issuer.subject:
+        return False
+    try:
+        h = child.signature_hash_algorithm
+        key = issuer.public_key()
+        if h is None:
+            return False
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), h)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(h))
+        else:
+            return False
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True

@@ -1,0 +1,565 @@
+"""Metrics: the product's own series and the inventory as Prometheus sees it.
+
+Two kinds of series live here (DESIGN.md section 3, "Metrics"):
+
+* **Pushed** series that only the scan loop knows (probe success and duration, scan runs, source
+  health). :meth:`Metrics.observe_scan` sets them after every scan run of one source; the result
+  of a run *replaces* the previous per-ref series of that source, so a target removed from the
+  config stops being exported instead of lingering with its last value forever.
+* **Pulled** series derived from the inventory (certificate dates, problems, counts) and a
+  superset compatible with x509-certificate-exporter, produced by :class:`InventoryCollector` at
+  scrape time, the pattern prometheus/client_python recommends for state that lives elsewhere
+  (https://prometheus.github.io/client_python/collector/custom/). Reads are cached for a few
+  seconds so a scrape storm (several Prometheus replicas, a Grafana "explore" session) costs one
+  database read.
+
+Everything is registered on an injected :class:`~prometheus_client.CollectorRegistry`, never the
+process-global default one, and nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from certpilot import __version__
+from certpilot.domain.clock import Clock
+from certpilot.domain.inventory import InventoryItem
+from certpilot.domain.model import Observation
+from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode
+from certpilot.domain.protocols import InventoryReader
+
+log = logging.getLogger("certpilot.obs")
+
+# Scans range from one loopback endpoint (~0.1 s) to thousands of targets behind timeouts
+# (minutes); the buckets are roughly x2.5 apart across 0.1 s .. 10 min.
+SCAN_DURATION_BUCKETS: tuple[float, ...] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+# Label schemas. They are a contract with dashboards and alert rules: change with care.
+CERT_LABELS: tuple[str, ...] = (
+    "ref",
+    "source",
+    "target",
+    "subject_CN",
+    "issuer_CN",
+    "serial_number",
+    "fingerprint",
+)
+PROBLEM_LABELS: tuple[str, ...] = ("ref", "source", "target", "code")
+_DN_FIELDS: tuple[str, ...] = ("CN", "O", "OU", "C", "ST", "L")
+# x509-certificate-exporter's per-certificate labels
+# (https://github.com/enix/x509-certificate-exporter/blob/main/docs/metrics.md), the subset that
+# applies to certpilot's sources, plus certpilot's own ``source`` and ``endpoint``. Every sample
+# carries every label (empty when irrelevant) so PromQL aggregation across sources stays valid.
+X509_LABELS: tuple[str, ...] = (
+    "serial_number",
+    *(f"subject_{f}" for f in _DN_FIELDS),
+    *(f"issuer_{f}" for f in _DN_FIELDS),
+    "filepath",
+    "secret_namespace",
+    "secret_name",
+    "secret_key",
+    "source",
+    "endpoint",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# RFC 4514 distinguished names
+
+
+def parse_rfc4514(dn: str | None) -> list[tuple[str, str]]:
+    """Split an RFC 4514 string into ``(TYPE, value)`` pairs, in string order.
+
+    Conservative by design: it never raises, skips components without ``=``, upper-cases
+    attribute types and undoes the escapes of RFC 4514 section 2.4 (``\\,``, ``\\+``, ``\\"``,
+    ``\\\\``, ``\\;``, ``\\<``, ``\\>``, ``\\=``, ``\\ ``, ``\\#`` and ``\\XX`` hex pairs, which
+    together form UTF-8). Multi-valued RDNs (``+``) become separate pairs. Values in ``#hex`` BER
+    form (section 2.4, unknown attribute types) are returned as written.
+    """
+    if not dn:
+        return []
+    out: list[tuple[str, str]] = []
+    for component in _split_unescaped(dn, ",+"):
+        eq = _find_unescaped(component, "=")
+        if eq <= 0:
+            continue
+        attr_type = component[:eq].strip().upper()
+        raw = component[eq + 1 :].strip()
+        value = raw if raw.startswith("#") else _unescape(raw)
+        out.append((attr_type, value))
+    return out
+
+
+def dn_fields(dn: str | None) -> dict[str, str]:
+    """``CN``, ``O``, ``OU``, ``C``, ``ST``, ``L`` of a DN; empty strings where absent.
+
+    RFC 4514 writes RDNs in *reverse* certificate order, so when an attribute repeats (two
+    ``OU``s) the one written last is the first in the certificate, and that is the one kept,
+    as x509-certificate-exporter does with Go's ``pkix.Name`` slices.
+    """
+    fields = dict.fromkeys(_DN_FIELDS, "")
+    for attr_type, value in parse_rfc4514(dn):
+        if attr_type in fields:
+            fields[attr_type] = value
+    return fields
+
+
+def _split_unescaped(text: str, separators: str) -> list[str]:
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            cur.append(text[i : i + 2])  # keep escapes for _unescape
+            i += 2
+            continue
+        if ch in separators:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def _find_unescaped(text: str, target: str) -> int:
+    i = 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == target:
+            return i
+        i += 1
+    return -1
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _unescape(value: str) -> str:
+    buf = bytearray()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            pair = value[i + 1 : i + 3]
+            if len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX:
+                buf.append(int(pair, 16))
+                i += 3
+                continue
+            buf.extend(value[i + 1].encode("utf-8"))
+            i += 2
+            continue
+        buf.extend(ch.encode("utf-8"))
+        i += 1
+    return buf.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Label helpers
+
+
+def file_path_of(ref: str) -> str:
+    """``file:///etc/ssl/a.pem#0`` -> ``/etc/ssl/a.pem`` (the file scanner's ref format)."""
+    path = ref.removeprefix("file://")
+    head, sep, _index = path.rpartition("#")
+    return head if sep else path
+
+
+def endpoint_of(ref: str) -> str:
+    """``tls://host:port#sni`` -> ``host:port``; empty for other refs."""
+    if not ref.startswith("tls://"):
+        return ""
+    return ref.removeprefix("tls://").partition("#")[0]
+
+
+def decimal_serial(serial_hex: str | None) -> str:
+    """x509-certificate-exporter prints serials in decimal (Go's ``big.Int.String``)."""
+    if not serial_hex:
+        return ""
+    try:
+        return str(int(serial_hex.replace(":", ""), 16))
+    except ValueError:
+        return serial_hex
+
+
+def _ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+# ---------------------------------------------------------------------------------------------
+# The inventory collector
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    at: datetime
+    families: tuple[Metric, ...]
+
+
+class InventoryCollector:
+    """Exports the inventory at scrape time; see the module docstring.
+
+    ``known_sources`` returns sources seen by the scan loop, so ``certpilot_inventory_items`` reads
+    0 (not absent) for a source whose last scan found nothing.
+    """
+
+    def __init__(
+        self,
+        inventory: InventoryReader,
+        clock: Clock,
+        *,
+        cache_seconds: float = 5.0,
+        known_sources: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        if cache_seconds < 0 or math.isnan(cache_seconds):
+            raise ValueError("cache_seconds must be >= 0")
+        self._inventory = inventory
+        self._clock = clock
+        self._cache = timedelta(seconds=cache_seconds)
+        self._known_sources = known_sources or (lambda: ())
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so the registry refuses a second collector exporting the same series."""
+        return iter(_families())
+
+    def collect(self) -> Iterator[Metric]:
+        # One reader at a time: concurrent scrapes wait for the read in flight and share it.
+        with self._lock:
+            now = self._clock.now()
+            snap = self._snapshot
+            # A clock that went backwards invalidates the cache too.
+            if snap is None or not (snap.at <= now < snap.at + self._cache):
+                snap = _Snapshot(now, tuple(self._build(now)))
+                self._snapshot = snap
+        return iter(snap.families)
+
+    def _build(self, now: datetime) -> list[Metric]:
+        try:
+            items = self._inventory.items(now=now)
+            return self._families_for(items, now)
+        except Exception as e:  # a scrape must never fail because the store did
+            log.warning("inventory read for metrics failed: %s: %s", type(e).__name__, e)
+            up = GaugeMetricFamily(
+                "certpilot_inventory_up", _HELP["certpilot_inventory_up"], value=0
+            )
+            return [up]
+
+    def _families_for(self, items: Sequence[InventoryItem], now: datetime) -> list[Metric]:
+        fam = {f.name: f for f in _families()}
+        per_source: dict[str, int] = dict.fromkeys(self._known_sources(), 0)
+        problems: dict[str, int] = {c.value: 0 for c in ProblemCode}
+        x509_seen: set[tuple[str, ...]] = set()
+
+        for item in items:
+            per_source[item.source] = per_source.get(item.source, 0) + 1
+            fam["certpilot_item_info"].add_metric([item.ref, item.labels.get("owner", "")], 1.0)
+            for code in dict.fromkeys(str(c) for c in item.problems):
+                problems[code] = problems.get(code, 0) + 1
+                fam["certpilot_certificate_problem"].add_metric(
+                    [item.ref, item.source, item.target, code], 1.0
+                )
+            if item.not_after is None:
+                continue  # nothing was read at this location: no certificate series
+
+            cert_labels = [
+                item.ref,
+                item.source,
+                item.target,
+                item.subject_cn or dn_fields(item.subject)["CN"],
+                item.issuer_cn or dn_fields(item.issuer)["CN"],
+                item.serial or "",
+                item.fingerprint_sha256 or "",
+            ]
+            not_after = _ts(item.not_after)
+            fam["certpilot_certificate_not_after_seconds"].add_metric(cert_labels, not_after)
+            left = (item.not_after - now).total_seconds()
+            fam["certpilot_certificate_expires_in_seconds"].add_metric(cert_labels, left)
+            if item.not_before is not None:
+                fam["certpilot_certificate_not_before_seconds"].add_metric(
+                    cert_labels, _ts(item.not_before)
+                )
+                life = (item.not_after - item.not_before).total_seconds()
+                ratio = max(0.0, min(1.0, left / life)) if life > 0 else 0.0
+                fam["certpilot_certificate_lifetime_left_ratio"].add_metric(cert_labels, ratio)
+
+            x509_labels = _x509_labels(item)
+            key = tuple(x509_labels)
+            if key in x509_seen:
+                # Two locations holding the same certificate with identical labels (the same
+                # endpoint under two SNI names, a bundle listing a cert twice): one series, since
+                # Prometheus drops duplicate samples in a scrape anyway.
+                continue
+            x509_seen.add(key)
+            fam["x509_cert_not_after"].add_metric(x509_labels, not_after)
+            if item.not_before is not None:
+                fam["x509_cert_not_before"].add_metric(x509_labels, _ts(item.not_before))
+            # Same rule as the judge's "expired" (RFC 5280 4.1.2.5: notAfter is inclusive, so
+            # >= is one instant early, and consistent with certpilot's own problem code).
+            fam["x509_cert_expired"].add_metric(x509_labels, 1.0 if now >= item.not_after else 0.0)
+
+        for source, count in sorted(per_source.items()):
+            fam["certpilot_inventory_items"].add_metric([source], float(count))
+        for code, count in problems.items():
+            fam["certpilot_problems"].add_metric([code], float(count))
+        fam["certpilot_inventory_up"].add_metric([], 1.0)
+        return list(fam.values())
+
+
+def _x509_labels(item: InventoryItem) -> list[str]:
+    subject = dn_fields(item.subject)
+    issuer = dn_fields(item.issuer)
+    if item.subject_cn:
+        subject["CN"] = item.subject_cn
+    if item.issuer_cn:
+        issuer["CN"] = item.issuer_cn
+    filepath = file_path_of(item.ref) if item.ref.startswith("file://") else ""
+    return [
+        decimal_serial(item.serial),
+        *(subject[f] for f in _DN_FIELDS),
+        *(issuer[f] for f in _DN_FIELDS),
+        filepath,
+        "",  # secret_namespace: no Kubernetes secret source yet
+        "",  # secret_name
+        "",  # secret_key
+        item.source,
+        endpoint_of(item.ref),
+    ]
+
+
+_HELP: Mapping[str, str] = {
+    "certpilot_certificate_not_after_seconds": (
+        "Unix time after which the certificate at this location is no longer valid."
+    ),
+    "certpilot_certificate_not_before_seconds": (
+        "Unix time before which the certificate at this location is not yet valid."
+    ),
+    "certpilot_certificate_expires_in_seconds": (
+        "Seconds until the certificate at this location expires (negative once expired), "
+        "as of the last inventory read."
+    ),
+    "certpilot_certificate_lifetime_left_ratio": (
+        "Share of the certificate's validity period still ahead, 0..1."
+    ),
+    "certpilot_certificate_problem": (
+        "1 for each problem code currently raised on a location (absent when the problem is not)."
+    ),
+    "certpilot_item_info": "Per-location metadata to join on ref; owner comes from the labels.",
+    "certpilot_inventory_items": "Locations in the inventory, per source.",
+    "certpilot_problems": (
+        "Locations currently showing each problem code; every code is always present."
+    ),
+    "certpilot_inventory_up": "1 when the last inventory read for metrics succeeded, else 0.",
+    "x509_cert_not_after": (
+        "Unix time of the certificate's NotAfter (x509-certificate-exporter compatible)."
+    ),
+    "x509_cert_not_before": (
+        "Unix time of the certificate's NotBefore (x509-certificate-exporter compatible)."
+    ),
+    "x509_cert_expired": (
+        "1 when the certificate has expired, else 0 (x509-certificate-exporter compatible)."
+    ),
+}
+
+_FAMILY_LABELS: Mapping[str, Sequence[str]] = {
+    "certpilot_certificate_not_after_seconds": CERT_LABELS,
+    "certpilot_certificate_not_before_seconds": CERT_LABELS,
+    "certpilot_certificate_expires_in_seconds": CERT_LABELS,
+    "certpilot_certificate_lifetime_left_ratio": CERT_LABELS,
+    "certpilot_certificate_problem": PROBLEM_LABELS,
+    "certpilot_item_info": ("ref", "owner"),
+    "certpilot_inventory_items": ("source",),
+    "certpilot_problems": ("code",),
+    "certpilot_inventory_up": (),
+    "x509_cert_not_after": X509_LABELS,
+    "x509_cert_not_before": X509_LABELS,
+    "x509_cert_expired": X509_LABELS,
+}
+
+
+def _families() -> list[GaugeMetricFamily]:
+    """Empty families: what describe() yields and what a collect() fills."""
+    return [
+        GaugeMetricFamily(name, _HELP[name], labels=list(labels))
+        for name, labels in _FAMILY_LABELS.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The facade the app wires
+
+
+class Metrics:
+    """All of certpilot's series on one injected registry.
+
+    ``observe_scan`` and ``observe_source_error`` are thread-safe and cheap (no I/O); the
+    inventory is read only at scrape time, through the registry, at most once per
+    ``scrape_cache_seconds``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        inventory: InventoryReader,
+        clock: Clock,
+        *,
+        scrape_cache_seconds: float = 5.0,
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Per source, the (target, ref) label pairs exported by its last scan.
+        self._probe_series: dict[str, set[tuple[str, str]]] = {}
+        self._sources: set[str] = set()
+
+        self.build_info = Gauge(
+            "certpilot_build_info",
+            "Always 1; the version label says which certpilot is running.",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(__version__).set(1)
+
+        self.probe_success = Gauge(
+            "certpilot_probe_success",
+            "1 when the last scan read a certificate at this location (no connection_refused, "
+            "timeout, dns_error, tls_error, unreadable or malformed problem), else 0.",
+            ["source", "target", "ref"],
+            registry=registry,
+        )
+        self.probe_duration = Gauge(
+            "certpilot_probe_duration_seconds",
+            "Time the last scan spent on this location.",
+            ["source", "target", "ref"],
+            registry=registry,
+        )
+        self.scan_duration = Histogram(
+            "certpilot_scan_duration_seconds",
+            "Wall time of complete scan runs, per source.",
+            ["source"],
+            buckets=SCAN_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.scan_runs = Counter(
+            "certpilot_scan_runs_total",
+            "Scan runs completed, per source.",
+            ["source"],
+            registry=registry,
+        )
+        self.scan_observations = Counter(
+            "certpilot_scan_observations_total",
+            "Observations (scanned locations) produced by scan runs, per source.",
+            ["source"],
+            registry=registry,
+        )
+        self.scan_last_run = Gauge(
+            "certpilot_scan_last_run_timestamp_seconds",
+            "Unix time the last scan run of this source completed (alert when it gets old).",
+            ["source"],
+            registry=registry,
+        )
+        self.source_up = Gauge(
+            "x509_source_up",
+            "1 when the last run of this source completed and read at least one item (or had no "
+            "targets), else 0.",
+            ["source"],
+            registry=registry,
+        )
+        self.source_errors = Counter(
+            "x509_source_errors_total",
+            "Items a source could not read, by reason (a reachability problem code), plus "
+            "source-level failures.",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.collector = InventoryCollector(
+            inventory,
+            clock,
+            cache_seconds=scrape_cache_seconds,
+            known_sources=self._known_sources,
+        )
+        registry.register(self.collector)
+
+    def _known_sources(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sources)
+
+    def _touch_source(self, source: str) -> None:
+        """Create a source's counters at 0, so ``rate()`` sees the first error (no absent->1)."""
+        self._sources.add(source)
+        self.scan_runs.labels(source)
+        self.scan_observations.labels(source)
+        for code in sorted(REACHABILITY_CODES):
+            self.source_errors.labels(source, code.value)
+
+    def observe_scan(
+        self, source: str, observations: Sequence[Observation], duration_seconds: float
+    ) -> None:
+        """Record one completed scan run of ``source``.
+
+        The per-ref series of ``source`` become exactly those of ``observations``: refs absent
+        from this run are removed. If a ref appears twice, the last observation wins.
+        """
+        latest: dict[tuple[str, str], Observation] = {}
+        for obs in observations:
+            latest[(obs.target, obs.ref)] = obs
+        read_any = False
+        with self._lock:
+            self._touch_source(source)
+            previous = self._probe_series.get(source, set())
+            for target, ref in previous - latest.keys():
+                self.probe_success.remove(source, target, ref)
+                self.probe_duration.remove(source, target, ref)
+            for (target, ref), obs in latest.items():
+                unreachable = [c for c in obs.codes if c in REACHABILITY_CODES]
+                ok = not unreachable
+                read_any = read_any or ok
+                self.probe_success.labels(source, target, ref).set(1.0 if ok else 0.0)
+                self.probe_duration.labels(source, target, ref).set(obs.duration_seconds)
+                for code in dict.fromkeys(unreachable):
+                    self.source_errors.labels(source, code.value).inc()
+            self._probe_series[source] = set(latest)
+
+            self.scan_runs.labels(source).inc()
+            self.scan_observations.labels(source).inc(len(observations))
+            self.scan_duration.labels(source).observe(max(0.0, duration_seconds))
+            self.scan_last_run.labels(source).set(self._clock.now().timestamp())
+            self.source_up.labels(source).set(1.0 if read_any or not observations else 0.0)
+
+    def observe_source_error(self, source: str, reason: str) -> None:
+        """A run of ``source`` failed as a whole (API down, sealed vault, bad credentials).
+
+        Counts ``reason`` (keep it a short fixed code: it is a label) and marks the source down
+        until its next completed run. Per-ref series are left as they were: the last thing known
+        about each location is still the best information.
+        """
+        with self._lock:
+            self._touch_source(source)
+            self.source_errors.labels(source, reason).inc()
+            self.source_up.labels(source).set(0.0)

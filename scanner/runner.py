@@ -1,0 +1,193 @@
+"""Runs scans: bounded concurrency, per-target timeouts, worker processes for big fleets.
+
+One asyncio event loop does about 350 full probes per second per core (handshake + chain parse
++ judgement are CPU-bound), so large endpoint lists are split into chunks and probed by a pool
+of worker processes, one event loop each (see benchmarks/RESULTS.md for the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+from certpilot.domain.chain import TrustAnchors
+from certpilot.domain.clock import Clock
+from certpilot.domain.model import EndpointTarget, FileTarget, Observation, Target
+from certpilot.domain.problems import Problem, ProblemCode
+from scanner.files import scan_file_target
+from scanner.tls_endpoint import ProbeSettings, TlsProber
+from scanner.trust import load_anchors
+
+# Below this many endpoints one event loop is as fast as a pool (which costs ~0.3 s to start).
+PARALLEL_THRESHOLD = 200
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    ca_files: tuple[str, ...] = ()
+    use_system_trust: bool = True
+    workers: int = 0  # 0: one per core when the fleet is large enough; 1: in-process
+
+
+_WORKER_ANCHORS: dict[tuple[tuple[str, ...], bool], TrustAnchors] = {}
+
+
+def _worker_scan(
+    targets: list[EndpointTarget],
+    ca_files: tuple[str, ...],
+    use_system: bool,
+    settings: ProbeSettings,
+    clock: Clock,
+) -> list[Observation]:
+    """Body of a worker process: probe one chunk on a private event loop."""
+    key = (ca_files, use_system)
+    anchors = _WORKER_ANCHORS.get(key)
+    if anchors is None:
+        anchors = _WORKER_ANCHORS[key] = load_anchors(ca_files, use_system=use_system)
+    prober = TlsProber(anchors, clock, settings, anchors_given=bool(ca_files))
+    return asyncio.run(prober.probe(targets))
+
+
+def _worker_warmup() -> int:
+    return os.getpid()
+
+
+class Scanner:
+    """Scans endpoint and file targets into observations. Implements ``Prober`` too.
+
+    Owns a process pool while open; call :meth:`close` (or use ``with``) when done.
+    """
+
+    def __init__(self, options: ScanOptions, clock: Clock) -> None:
+        self.options = options
+        self.clock = clock
+        self.anchors = load_anchors(options.ca_files, use_system=options.use_system_trust)
+        self._prober = TlsProber(
+            self.anchors, clock, options.probe, anchors_given=bool(options.ca_files)
+        )
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _workers_for(self, n: int) -> int:
+        if self.options.workers > 0:
+            return self.options.workers
+        if n < PARALLEL_THRESHOLD:
+            return 1
+        return max(1, os.cpu_count() or 1)
+
+    async def probe(
+        self, targets: Sequence[EndpointTarget], progress: Progress | None = None
+    ) -> list[Observation]:
+        """Probe endpoints; results in the order of ``targets``."""
+        workers = self._workers_for(len(targets))
+        if workers <= 1 or len(targets) < 2:
+            return await self._prober.probe(targets, progress)
+        return await self._probe_pool(list(targets), workers, progress)
+
+    async def _probe_pool(
+        self, targets: list[EndpointTarget], workers: int, progress: Progress | None
+    ) -> list[Observation]:
+        if self._pool is None:
+            # spawn, not fork: the parent runs an event loop and threads (a forked child would
+            # inherit their locks); workers are kept for the life of the Scanner.
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        per_worker = max(1, self.options.probe.concurrency // workers)
+        settings = ProbeSettings(
+            timeout=self.options.probe.timeout,
+            concurrency=per_worker,
+            policy=self.options.probe.policy,
+        )
+        # Chunks several times smaller than a worker's share keep both cores busy to the end and
+        # give the progress bar something to show.
+        chunk = max(per_worker, len(targets) // (workers * 4) or 1)
+        pieces = [targets[i : i + chunk] for i in range(0, len(targets), chunk)]
+        pool = self._pool
+
+        async def run(piece: list[EndpointTarget]) -> list[Observation]:
+            res = await loop.run_in_executor(
+                pool,
+                _worker_scan,
+                piece,
+                self.options.ca_files,
+                self.options.use_system_trust,
+                settings,
+                self.clock,
+            )
+            if progress is not None:
+                progress(len(piece))
+            return res
+
+        results = await asyncio.gather(*(run(p) for p in pieces))
+        return [obs for part in results for obs in part]
+
+    async def scan_files(
+        self,
+        targets: Sequence[FileTarget],
+        env: Mapping[str, str],
+        progress: Progress | None = None,
+    ) -> list[Observation]:
+        out: list[Observation] = []
+        for t in targets:
+            started = time.perf_counter()
+            found = await asyncio.to_thread(
+                scan_file_target, t, self.clock.now(), env=env, policy=self.options.probe.policy
+            )
+            if not found:
+                msg = f"no file matches {t.pattern}"
+                found = [
+                    Observation(
+                        source="file",
+                        ref=f"file://{t.pattern}",
+                        target=t.name,
+                        observed_at=self.clock.now(),
+                        problems=(Problem(ProblemCode.UNREADABLE, msg),),
+                        error=msg,
+                        duration_seconds=time.perf_counter() - started,
+                        labels=t.labels,
+                    )
+                ]
+            out.extend(found)
+            if progress is not None:
+                progress(1)
+        return out
+
+    async def scan(
+        self,
+        targets: Sequence[Target],
+        *,
+        env: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Observation]:
+        """Scan a mixed list of targets: endpoints first, then files, each in given order."""
+        endpoints = [t for t in targets if isinstance(t, EndpointTarget)]
+        files = [t for t in targets if isinstance(t, FileTarget)]
+        out = await self.probe(endpoints, progress) if endpoints else []
+        if files:
+            out += await self.scan_files(files, env if env is not None else os.environ, progress)
+        return out
+
+
+def warm_up(scanner: Scanner, workers: int) -> None:
+    """Start the pool's processes ahead of the first scan (benchmarks exclude the start-up)."""
+    if scanner._pool is None:  # noqa: SLF001
+        scanner._pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))  # noqa: SLF001
+    list(scanner._pool.map(_worker_warmup, range(workers * 2)))  # noqa: SLF001
