@@ -125,7 +125,7 @@ def _free_port() -> int:
 
 async def start_fleet(workdir: Path, now: datetime) -> Fleet:
     """Mint certificates relative to ``now`` and start one server per case."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any server)
     ca = LocalCA("certpilot Demo", now)
     short_ca = LocalCA(
         "certpilot Short-Lived",
@@ -141,7 +141,14 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
         return lambda: ca_.issue([name], now, **kw)  # type: ignore[arg-type]
 
     plan: list[tuple[str, str, set[P], str, Callable[[], Issued], bool]] = [
-        ("healthy", "valid 90-day certificate, full chain", set(), "web", issue(ca, f"www.{d}"), True),
+        (
+            "healthy",
+            "valid 90-day certificate, full chain",
+            set(),
+            "web",
+            issue(ca, f"www.{d}"),
+            True,
+        ),
         (
             "short-lived",
             "6-day certificate with 5 days left: healthy (judged by lifetime share)",
@@ -258,8 +265,12 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
 
     # Endpoints where no certificate can be read at all.
     refused = FleetEndpoint(
-        "refused", "nothing listens on the port", frozenset({P.CONNECTION_REFUSED}),
-        f"down.{d}", port=_free_port(), owner="web",
+        "refused",
+        "nothing listens on the port",
+        frozenset({P.CONNECTION_REFUSED}),
+        f"down.{d}",
+        port=_free_port(),
+        owner="web",
     )
     endpoints.append(refused)
 
@@ -274,8 +285,12 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
     servers.append(hanging)
     endpoints.append(
         FleetEndpoint(
-            "timeout", "accepts TCP, never answers the TLS handshake", frozenset({P.TIMEOUT}),
-            f"slow.{d}", port=int(hanging.sockets[0].getsockname()[1]), owner="web",
+            "timeout",
+            "accepts TCP, never answers the TLS handshake",
+            frozenset({P.TIMEOUT}),
+            f"slow.{d}",
+            port=int(hanging.sockets[0].getsockname()[1]),
+            owner="web",
         )
     )
 
@@ -289,8 +304,12 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
     servers.append(plain)
     endpoints.append(
         FleetEndpoint(
-            "not-tls", "plain HTTP where TLS was expected", frozenset({P.TLS_ERROR}),
-            f"plain.{d}", port=int(plain.sockets[0].getsockname()[1]), owner="web",
+            "not-tls",
+            "plain HTTP where TLS was expected",
+            frozenset({P.TLS_ERROR}),
+            f"plain.{d}",
+            port=int(plain.sockets[0].getsockname()[1]),
+            owner="web",
         )
     )
     return fleet

@@ -209,9 +209,7 @@ class LocalCA:
                 critical=False,
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.issuer_key.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer_key.public_key()),
                 False,
             )
         )
@@ -272,4 +270,4 @@ def write_key(path: Path, pem: bytes) -> None:
         os.write(fd, pem)
     finally:
         os.close(fd)
-    os.chmod(path, 0o600)
+    path.chmod(0o600)

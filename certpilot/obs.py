@@ -24,7 +24,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import Metric
 
 from certpilot import __version__
 from certpilot.domain.clock import Clock
+from certpilot.domain.errors import StoreError
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode
@@ -106,8 +107,8 @@ def parse_rfc4514(dn: str | None) -> list[tuple[str, str]]:
         if eq <= 0:
             continue
         attr_type = component[:eq].strip().upper()
-        raw = component[eq + 1 :].strip()
-        value = raw if raw.startswith("#") else _unescape(raw)
+        raw = component[eq + 1 :]
+        value = raw.strip() if raw.strip().startswith("#") else _unescape(raw)
         out.append((attr_type, value))
     return out
 
@@ -162,22 +163,28 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _unescape(value: str) -> str:
-    buf = bytearray()
+    """Undo RFC 4514 escapes; drop *unescaped* surrounding spaces (``\\ `` keeps its space)."""
+    chunks: list[tuple[bytes, bool]] = []  # (bytes, escaped)
     i = 0
     while i < len(value):
         ch = value[i]
         if ch == "\\" and i + 1 < len(value):
             pair = value[i + 1 : i + 3]
             if len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX:
-                buf.append(int(pair, 16))
+                chunks.append((bytes([int(pair, 16)]), True))
                 i += 3
                 continue
-            buf.extend(value[i + 1].encode("utf-8"))
+            chunks.append((value[i + 1].encode("utf-8"), True))
             i += 2
             continue
-        buf.extend(ch.encode("utf-8"))
+        chunks.append((ch.encode("utf-8"), False))
         i += 1
-    return buf.decode("utf-8", "replace")
+    start, end = 0, len(chunks)
+    while start < end and not chunks[start][1] and chunks[start][0].isspace():
+        start += 1
+    while end > start and not chunks[end - 1][1] and chunks[end - 1][0].isspace():
+        end -= 1
+    return b"".join(c for c, _ in chunks[start:end]).decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +215,9 @@ def decimal_serial(serial_hex: str | None) -> str:
         return serial_hex
 
 
-def _ts(dt: datetime) -> float:
-    return dt.timestamp()
+def _aware(dt: datetime) -> datetime:
+    """Naive datetimes are UTC (SQLite drops the offset); never the host's local time."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +274,9 @@ class InventoryCollector:
             items = self._inventory.items(now=now)
             return self._families_for(items, now)
         except Exception as e:  # a scrape must never fail because the store did
-            log.warning("inventory read for metrics failed: %s: %s", type(e).__name__, e)
+            # A StoreError's message, never its str(): that one carries the URL (a password?).
+            detail = e.message if isinstance(e, StoreError) else str(e)
+            log.warning("inventory read for metrics failed: %s: %s", type(e).__name__, detail)
             up = GaugeMetricFamily(
                 "certpilot_inventory_up", _HELP["certpilot_inventory_up"], value=0
             )
@@ -298,15 +308,17 @@ class InventoryCollector:
                 item.serial or "",
                 item.fingerprint_sha256 or "",
             ]
-            not_after = _ts(item.not_after)
+            item_not_after = _aware(item.not_after)
+            item_not_before = _aware(item.not_before) if item.not_before is not None else None
+            not_after = item_not_after.timestamp()
             fam["certpilot_certificate_not_after_seconds"].add_metric(cert_labels, not_after)
-            left = (item.not_after - now).total_seconds()
+            left = (item_not_after - now).total_seconds()
             fam["certpilot_certificate_expires_in_seconds"].add_metric(cert_labels, left)
-            if item.not_before is not None:
+            if item_not_before is not None:
                 fam["certpilot_certificate_not_before_seconds"].add_metric(
-                    cert_labels, _ts(item.not_before)
+                    cert_labels, item_not_before.timestamp()
                 )
-                life = (item.not_after - item.not_before).total_seconds()
+                life = (item_not_after - item_not_before).total_seconds()
                 ratio = max(0.0, min(1.0, left / life)) if life > 0 else 0.0
                 fam["certpilot_certificate_lifetime_left_ratio"].add_metric(cert_labels, ratio)
 
@@ -319,11 +331,11 @@ class InventoryCollector:
                 continue
             x509_seen.add(key)
             fam["x509_cert_not_after"].add_metric(x509_labels, not_after)
-            if item.not_before is not None:
-                fam["x509_cert_not_before"].add_metric(x509_labels, _ts(item.not_before))
+            if item_not_before is not None:
+                fam["x509_cert_not_before"].add_metric(x509_labels, item_not_before.timestamp())
             # Same rule as the judge's "expired" (RFC 5280 4.1.2.5: notAfter is inclusive, so
             # >= is one instant early, and consistent with certpilot's own problem code).
-            fam["x509_cert_expired"].add_metric(x509_labels, 1.0 if now >= item.not_after else 0.0)
+            fam["x509_cert_expired"].add_metric(x509_labels, 1.0 if now >= item_not_after else 0.0)
 
         for source, count in sorted(per_source.items()):
             fam["certpilot_inventory_items"].add_metric([source], float(count))

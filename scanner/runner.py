@@ -188,6 +188,6 @@ class Scanner:
 
 def warm_up(scanner: Scanner, workers: int) -> None:
     """Start the pool's processes ahead of the first scan (benchmarks exclude the start-up)."""
-    if scanner._pool is None:  # noqa: SLF001
-        scanner._pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))  # noqa: SLF001
-    list(scanner._pool.map(_worker_warmup, range(workers * 2)))  # noqa: SLF001
+    if scanner._pool is None:
+        scanner._pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    list(scanner._pool.map(_worker_warmup, range(workers * 2)))

@@ -36,7 +36,7 @@ from certpilot.domain.model import EndpointTarget, Observation
 from certpilot.domain.problems import Problem, ProblemCode
 from certpilot.domain.x509 import ParsedCert, parse_der
 
-_ENCODING_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]  # noqa: SLF001
+_ENCODING_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,9 @@ class TlsProber:
         try:
             infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
-            raise _Failure(ProblemCode.DNS_ERROR, f"cannot resolve {target.host}: {e.strerror}") from e
+            raise _Failure(
+                ProblemCode.DNS_ERROR, f"cannot resolve {target.host}: {e.strerror}"
+            ) from e
         except UnicodeError as e:
             raise _Failure(ProblemCode.DNS_ERROR, f"invalid host name {target.host!r}") from e
         if not infos:
@@ -227,12 +229,16 @@ class TlsProber:
                 except ssl.SSLWantWriteError:
                     await _wait_fd(loop, tls.fileno(), write=True)
                 except ssl.SSLError as e:
-                    raise _Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {_ssl_reason(e)}") from e
+                    raise _Failure(
+                        ProblemCode.TLS_ERROR, f"TLS handshake failed: {_ssl_reason(e)}"
+                    ) from e
                 except (ConnectionResetError, BrokenPipeError) as e:
-                    raise _Failure(ProblemCode.TLS_ERROR, "peer closed the connection during the TLS handshake") from e
+                    raise _Failure(
+                        ProblemCode.TLS_ERROR, "peer closed the connection during the TLS handshake"
+                    ) from e
                 except OSError as e:
                     raise _Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {e}") from e
-            sslobj = tls._sslobj  # type: ignore[attr-defined]  # noqa: SLF001  (see module doc)
+            sslobj = tls._sslobj  # type: ignore[attr-defined]
             chain = sslobj.get_unverified_chain() or []
             ders = [c.public_bytes(_ENCODING_DER) for c in chain]
             if not ders:
@@ -280,7 +286,11 @@ class TlsProber:
         except CertificateParseError as e:
             if not presented:
                 return self._failed(
-                    target, address, ProblemCode.TLS_ERROR, f"unparseable certificate: {e.message}", started
+                    target,
+                    address,
+                    ProblemCode.TLS_ERROR,
+                    f"unparseable certificate: {e.message}",
+                    started,
                 )
             # keep what parsed: the leaf is enough to judge most of it
         verdict = judge_chain(

@@ -39,7 +39,9 @@ def load_anchors(ca_files: Sequence[str], *, use_system: bool) -> TrustAnchors:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise ConfigError("--ca-file", "", f"cannot read {name}: {e.strerror}", has_value=False) from e
+            raise ConfigError(
+                "--ca-file", "", f"cannot read {name}: {e.strerror}", has_value=False
+            ) from e
         parsed = [p for p in parse_pem_bundle(data, name) if isinstance(p, ParsedCert)]
         if not parsed:
             raise ConfigError("--ca-file", "", f"{name} holds no PEM certificate", has_value=False)
@@ -51,5 +53,7 @@ def load_anchors(ca_files: Sequence[str], *, use_system: bool) -> TrustAnchors:
                 data = bundle.read_bytes()
             except OSError:
                 data = b""
-            certs.extend(p for p in parse_pem_bundle(data, str(bundle)) if isinstance(p, ParsedCert))
+            certs.extend(
+                p for p in parse_pem_bundle(data, str(bundle)) if isinstance(p, ParsedCert)
+            )
     return TrustAnchors(certs)

@@ -143,8 +143,12 @@ def hostname_matches(hostname: str, sans: Sequence[str]) -> bool:
         pattern = _to_ascii(san)
         if pattern == host:
             return True
-        if pattern.startswith("*.") and len(host_labels) >= 3:
-            # "*.example.com" needs at least one label before a 2+ label suffix.
-            if host_labels[1:] == pattern[2:].split(".") and host_labels[0]:
-                return True
+        # "*.example.com" needs exactly one non-empty label before a 2+ label suffix.
+        if (
+            pattern.startswith("*.")
+            and len(host_labels) >= 3
+            and host_labels[0]
+            and host_labels[1:] == pattern[2:].split(".")
+        ):
+            return True
     return False

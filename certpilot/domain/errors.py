@@ -22,7 +22,13 @@ class ConfigError(CertpilotError):
     """
 
     def __init__(
-        self, source: str, field: str, expected: str, value: object = None, *, has_value: bool = True
+        self,
+        source: str,
+        field: str,
+        expected: str,
+        value: object = None,
+        *,
+        has_value: bool = True,
     ) -> None:
         self.source = source
         self.field = field

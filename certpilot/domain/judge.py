@@ -55,7 +55,11 @@ def _human_days(days: float) -> str:
 
 
 def judge_validity(
-    info: CertInfo, now: datetime, policy: JudgePolicy = DEFAULT_POLICY, *, role: str = "certificate"
+    info: CertInfo,
+    now: datetime,
+    policy: JudgePolicy = DEFAULT_POLICY,
+    *,
+    role: str = "certificate",
 ) -> list[Problem]:
     """Time-based problems of one certificate: expired, not yet valid, expiring."""
     if now >= info.not_after:
@@ -146,9 +150,7 @@ def judge_chain_expiry(path: PathResult, now: datetime) -> list[Problem]:
         info = pc.info
         name = info.subject_cn or info.subject
         if now >= info.not_after:
-            out.append(
-                Problem(ProblemCode.EXPIRED, f"issuer {name} expired {iso(info.not_after)}")
-            )
+            out.append(Problem(ProblemCode.EXPIRED, f"issuer {name} expired {iso(info.not_after)}"))
         elif info.not_after < leaf.not_after:
             out.append(
                 Problem(
@@ -184,7 +186,9 @@ def judge_chain(
     if hostname is not None and not hostname_matches(hostname, leaf.info.sans):
         names = ", ".join(leaf.info.sans[:5]) or f"no SANs, CN={leaf.info.subject_cn}"
         problems.append(
-            Problem(ProblemCode.HOSTNAME_MISMATCH, f"{hostname} is not in the certificate ({names})")
+            Problem(
+                ProblemCode.HOSTNAME_MISMATCH, f"{hostname} is not in the certificate ({names})"
+            )
         )
     problems += judge_chain_expiry(path, now)
     problems += judge_strength(leaf.info, policy)

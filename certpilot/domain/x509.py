@@ -15,17 +15,19 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certpilot.domain.errors import CertificateParseError
 
+# The body excludes '-' (base64 never has one), so a block with a damaged END line cannot
+# swallow the next block.
 _PEM_CERT = re.compile(
-    rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----\s*(.+?)\s*-----END (?:X509 |TRUSTED )?CERTIFICATE-----",
-    re.DOTALL,
+    rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----([^-]*)"
+    rb"-----END (?:X509 |TRUSTED )?CERTIFICATE-----"
 )
 
 
@@ -253,7 +255,9 @@ def looks_like_pem(data: bytes) -> bool:
     return b"-----BEGIN" in data
 
 
-def parse_pem_bundle(data: bytes, origin: str = "<bytes>") -> list[ParsedCert | CertificateParseError]:
+def parse_pem_bundle(
+    data: bytes, origin: str = "<bytes>"
+) -> list[ParsedCert | CertificateParseError]:
     """Every certificate block of a PEM bundle, in order.
 
     A block that does not parse becomes a :class:`CertificateParseError` in its place, so one bad
@@ -269,15 +273,15 @@ def parse_pem_bundle(data: bytes, origin: str = "<bytes>") -> list[ParsedCert | 
                 cert = x509.load_pem_x509_certificate(body)
                 info = cert_info(cert)
         except (ValueError, TypeError) as e:
-            out.append(CertificateParseError(block_origin, f"malformed PEM certificate: {_short(e)}"))
+            out.append(
+                CertificateParseError(block_origin, f"malformed PEM certificate: {_short(e)}")
+            )
             continue
         out.append(ParsedCert(info, cert))
     return out
 
 
-def parse_pkcs12(
-    data: bytes, password: bytes | None, origin: str = "<bytes>"
-) -> list[ParsedCert]:
+def parse_pkcs12(data: bytes, password: bytes | None, origin: str = "<bytes>") -> list[ParsedCert]:
     """The certificate and its CA chain from a PKCS#12 archive (leaf first)."""
     try:
         bundle = pkcs12.load_pkcs12(data, password)
@@ -308,8 +312,8 @@ def signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(issuer)
     except (UnsupportedAlgorithm, ValueError):
-        # cryptography refuses SHA-1/MD5 here ("Unsupported signature algorithm"); a weak signature is still a *valid* link (it is
-        # reported as weak_signature), so check it by hand.
+        # cryptography refuses SHA-1/MD5 here ("Unsupported signature algorithm"); a weak
+        # signature is still a *valid* link (reported as weak_signature): check it by hand.
         return _verify_legacy(child, issuer)
     except (InvalidSignature, TypeError):
         return False

@@ -1,0 +1,341 @@
+"""The ``certpilot`` command. Exit codes: 0 healthy, 1 problems found, 2 usage/config error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from certpilot import __version__
+from certpilot.domain.clock import SystemClock
+from certpilot.domain.errors import CertpilotError, ConfigError, UsageError
+from certpilot.domain.judge import JudgePolicy
+from certpilot.domain.problems import ProblemCode
+from certpilot.settings import Settings, load_settings, parse_duration
+from certpilot.targets import parse_resolve, parse_targets
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+
+
+def _problem(text: str) -> ProblemCode:
+    try:
+        return ProblemCode(text)
+    except ValueError as e:
+        codes = ", ".join(c.value for c in ProblemCode)
+        raise argparse.ArgumentTypeError(f"unknown problem code {text!r} (one of: {codes})") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="certpilot",
+        description="Keep TLS certificates from ever taking a service down.",
+    )
+    p.add_argument("--version", action="version", version=f"certpilot {__version__}")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser(
+        "scan",
+        help="scan TLS endpoints and certificate files once",
+        description="Scan targets once. TARGET is host[:port] (default 443), [v6addr]:port, "
+        "or file:PATH_OR_GLOB. Exit 0 when every item is healthy, 1 when any has a problem.",
+    )
+    s.add_argument("targets", nargs="+", metavar="TARGET")
+    s.add_argument(
+        "--ca-file",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="trust these roots (repeatable); adds to the system store",
+    )
+    s.add_argument(
+        "--no-system-trust",
+        action="store_true",
+        help="trust only --ca-file roots, not the system store",
+    )
+    s.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST:PORT:ADDR",
+        help="connect to ADDR for HOST:PORT, like curl (repeatable)",
+    )
+    s.add_argument(
+        "--sni", metavar="NAME", help="server name to send and check, for every endpoint"
+    )
+    s.add_argument("--timeout", type=_duration, default=5.0, help="per target (default 5s)")
+    s.add_argument("--concurrency", type=_positive_int, default=100, help="default 100")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="probe processes (default: one per core for large lists)",
+    )
+    s.add_argument("--password-env", metavar="VAR", help="PKCS#12 passphrase from this variable")
+    s.add_argument("--password-file", metavar="FILE", help="PKCS#12 passphrase from this file")
+    s.add_argument(
+        "--expiring-days",
+        type=_float,
+        default=None,
+        help="expiring when fewer days left (default 30; 0 disables)",
+    )
+    s.add_argument(
+        "--expiring-fraction",
+        type=_float,
+        default=None,
+        help="expiring when less of the lifetime is left (default 0.333; 0 disables)",
+    )
+    s.add_argument("--db", metavar="URL", help="also record into this inventory store")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+
+    i = sub.add_parser("inventory", help="list what the inventory holds")
+    i.add_argument(
+        "--db", metavar="URL", help="store URL (default: from --config or sqlite:///certpilot.db)"
+    )
+    i.add_argument("--config", metavar="FILE")
+    i.add_argument(
+        "--expiring", type=_float, metavar="DAYS", help="only items expiring within DAYS"
+    )
+    i.add_argument("--problem", type=_problem, metavar="CODE", help="only items with this problem")
+    i.add_argument("--source", metavar="SOURCE", help="tls, file, ...")
+    i.add_argument("--format", choices=["table", "json"], default="table")
+
+    c = sub.add_parser("config", help="configuration helpers")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    cc = csub.add_parser("check", help="validate a config file")
+    cc.add_argument("file", nargs="?", metavar="FILE")
+    cc.add_argument("--config", dest="config_opt", metavar="FILE")
+
+    r = sub.add_parser("run", help="run the service: scheduled scans, inventory, /metrics")
+    r.add_argument("--config", required=True, metavar="FILE")
+
+    d = sub.add_parser("demo", help="see certpilot work on a loopback fleet, no setup")
+    d.add_argument("--serve", action="store_true", help="keep the HTTP server up afterwards")
+    d.add_argument("--port", type=int, default=9795, help="HTTP port with --serve (0: any free)")
+    d.add_argument("--state-dir", type=Path, help="keep the demo's files here (default: temporary)")
+    return p
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _policy(args: argparse.Namespace) -> JudgePolicy:
+    base = JudgePolicy()
+    frac = (
+        base.expiring_fraction
+        if args.expiring_fraction is None
+        else (args.expiring_fraction or None)
+    )
+    days = base.expiring_days if args.expiring_days is None else (args.expiring_days or None)
+    if frac is not None and not 0 < frac <= 1:
+        raise UsageError("--expiring-fraction", f"must be between 0 and 1, got {frac}")
+    return JudgePolicy(expiring_fraction=frac, expiring_days=days)
+
+
+async def _scan(args: argparse.Namespace) -> int:
+    from certpilot.app import scan_and_record
+    from certpilot.report import scan_table
+    from scanner.runner import Scanner, ScanOptions
+    from scanner.tls_endpoint import ProbeSettings
+
+    targets = parse_targets(
+        args.targets,
+        resolve=parse_resolve(args.resolve),
+        sni=args.sni,
+        password_env=args.password_env,
+        password_file=args.password_file,
+    )
+    options = ScanOptions(
+        probe=ProbeSettings(
+            timeout=args.timeout, concurrency=args.concurrency, policy=_policy(args)
+        ),
+        ca_files=tuple(args.ca_file),
+        use_system_trust=not args.no_system_trust,
+        workers=args.workers,
+    )
+    clock = SystemClock()
+    err = _console(stderr=True)
+    show_progress = args.format == "table" and err.is_terminal and len(targets) > 1
+    with (
+        Scanner(options, clock) as scanner,
+        Progress(
+            TextColumn("scanning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not show_progress,
+        ) as bar,
+    ):
+        task = bar.add_task("scan", total=len(targets))
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        if args.db:
+            from certpilot.store import Inventory
+
+            inventory = Inventory.open(args.db)
+            try:
+                result = await scan_and_record(
+                    scanner, inventory, None, targets, clock, progress=advance
+                )
+            finally:
+                inventory.close()
+            observations = result.observations
+        else:
+            observations = await scanner.scan(targets, progress=advance)
+    if args.format == "json":
+        json.dump([o.to_dict() for o in observations], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        out = _console()
+        out.print(scan_table(observations))
+        bad = sum(1 for o in observations if o.problems)
+        out.print(f"{len(observations)} items, {bad} with problems")
+    return EXIT_PROBLEMS if any(o.problems for o in observations) else EXIT_OK
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    if args.db:
+        return str(args.db)
+    if args.config:
+        return load_settings(args.config).store.url
+    return os.environ.get("CERTPILOT_DB", Settings().store.url)
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    from certpilot.report import inventory_table
+    from certpilot.store import Inventory
+
+    url = _store_url(args)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ConfigError(
+                "--db", "", f"no inventory at {path}: run a scan with --db first", url
+            )
+    inventory = Inventory.open(url)
+    try:
+        now = SystemClock().now()
+        items = inventory.items(
+            now=now, expiring_days=args.expiring, problem=args.problem, source=args.source
+        )
+    finally:
+        inventory.close()
+    if args.format == "json":
+        json.dump([it.to_dict(now) for it in items], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        out = _console()
+        out.print(inventory_table(items, now))
+        out.print(f"{len(items)} items")
+    return EXIT_PROBLEMS if any(it.problems for it in items) else EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    path = args.file or args.config_opt
+    if not path:
+        raise UsageError("config check", "name the file: certpilot config check FILE")
+    settings = load_settings(path)
+    print(
+        f"{path}: ok ({len(settings.targets.endpoints)} endpoints, "
+        f"{len(settings.targets.files)} file patterns, store {settings.store.url}, "
+        f"http {settings.http.host}:{settings.http.port})"
+    )
+    return EXIT_OK
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from certpilot.app import Service
+
+    settings = load_settings(args.config)
+    service = Service(settings, SystemClock())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await service.run(stop)
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from certpilot.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(state_dir=args.state_dir, serve=args.serve, port=args.port)
+    return await run_demo(opts, SystemClock(), _console())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level or ("info" if args.command in {"run", "demo"} else "warning")
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "scan":
+            return asyncio.run(_scan(args))
+        if args.command == "inventory":
+            return _inventory(args)
+        if args.command == "config":
+            return _config_check(args)
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "demo":
+            return asyncio.run(_demo(args))
+    except CertpilotError as e:
+        print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("certpilot: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

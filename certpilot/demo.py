@@ -1,0 +1,204 @@
+"""``certpilot demo``: the main job on embedded defaults, loopback only, no setup.
+
+It starts a fleet of TLS endpoints (healthy ones and one for each way a certificate breaks),
+scans them into a SQLite inventory, and prints what it found grouped by problem, checking that
+each endpoint was classified as expected. Later capabilities (SLOs, remediation, Slack, CT) add
+their steps to :data:`STEPS`-style sections below, so the demo grows with the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from certpilot.app import scan_and_record
+from certpilot.domain.clock import Clock
+from certpilot.domain.model import FileTarget, Observation, Target
+from certpilot.fleet import Fleet, dns_failure_target, start_fleet
+from certpilot.http import bound_port, build_app, serve
+from certpilot.obs import Metrics
+from certpilot.report import grouped_report, scan_table
+from certpilot.store import Inventory
+from scanner.runner import Scanner, ScanOptions
+from scanner.tls_endpoint import ProbeSettings
+
+
+@dataclass
+class DemoOptions:
+    state_dir: Path | None = None
+    serve: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9795
+    rescan_seconds: float = 30.0
+    timeout: float = 2.0
+
+
+def _section(console: Console, title: str) -> None:
+    console.print()
+    console.rule(Text(title, style="bold"), align="left")
+
+
+def _check_table(fleet: Fleet, observations: list[Observation]) -> tuple[Table, int]:
+    by_target = {o.target: o for o in observations}
+    table = Table(title="classification check", title_justify="left")
+    table.add_column("endpoint")
+    table.add_column("case")
+    table.add_column("expected")
+    table.add_column("found")
+    table.add_column("")
+    wrong = 0
+    for ep in fleet.endpoints:
+        obs = by_target.get(ep.target().name)
+        found = {c.value for c in obs.codes} if obs else {"(not scanned)"}
+        expected = {c.value for c in ep.expected}
+        ok = found == expected
+        wrong += 0 if ok else 1
+        table.add_row(
+            ep.host,
+            ep.case,
+            ", ".join(sorted(expected)) or "none",
+            ", ".join(sorted(found)) or "none",
+            Text("✓", style="green") if ok else Text("✗", style="bold red"),
+        )
+    return table, wrong
+
+
+async def run_demo(options: DemoOptions, clock: Clock, console: Console) -> int:
+    """Run the demo; returns the process exit code (0 when every endpoint was judged right)."""
+    with contextlib.ExitStack() as files:
+        if options.state_dir is None:
+            state = Path(files.enter_context(tempfile.TemporaryDirectory(prefix="certpilot-demo-")))
+        else:
+            state = options.state_dir
+            state.mkdir(parents=True, exist_ok=True)
+        return await _demo(options, state, clock, console)
+
+
+async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Console) -> int:
+    console.print(Text("certpilot demo", style="bold"), "- everything below runs on 127.0.0.1")
+    _section(console, "1. a fleet of TLS endpoints")
+    fleet = await start_fleet(state / "fleet", clock.now())
+    try:
+        console.print(
+            f"Started {len(fleet.endpoints)} endpoints from an embedded local CA "
+            f"(trusted roots in {fleet.ca_file}):"
+        )
+        for ep in fleet.endpoints:
+            console.print(
+                Text.assemble(
+                    ("  • ", "dim"), (f"{ep.host}:{ep.port}", "bold"), f"  {ep.description}"
+                )
+            )
+        console.print(
+            Text.assemble(
+                ("  • ", "dim"), ("nowhere…invalid:443", "bold"), "  a name that never resolves"
+            )
+        )
+
+        _section(console, "2. scan into the inventory")
+        db_url = f"sqlite:///{state / 'inventory.db'}"
+        inventory = Inventory.open(db_url)
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, inventory, clock)
+        targets: list[Target] = [*fleet.targets(), dns_failure_target()]
+        targets.append(FileTarget(str(fleet.ca_file)))
+        options_ = ScanOptions(
+            probe=ProbeSettings(timeout=options.timeout),
+            ca_files=(str(fleet.ca_file),),
+            use_system_trust=False,
+        )
+        with Scanner(options_, clock) as scanner:
+            with Progress(
+                TextColumn("scanning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,
+            ) as bar:
+                task = bar.add_task("scan", total=len(targets))
+                result = await scan_and_record(
+                    scanner,
+                    inventory,
+                    metrics,
+                    targets,
+                    clock,
+                    env={},
+                    progress=lambda n: bar.advance(task, n),
+                )
+            console.print(
+                f"Scanned {len(targets)} targets ({len(result.observations)} items) in "
+                f"{result.duration_seconds:.1f}s into {db_url}: "
+                f"{len(result.events)} inventory events recorded."
+            )
+
+            _section(console, "3. what certpilot found, grouped by problem")
+            grouped_report(result.observations, console)
+            console.print()
+            console.print(scan_table(result.observations, title="all items, worst first"))
+
+            check, wrong = _check_table(fleet, result.observations)
+            console.print()
+            console.print(check)
+            if wrong:
+                console.print(Text(f"{wrong} endpoint(s) misclassified", style="bold red"))
+
+            _section(console, "next")
+            console.print(f"  certpilot inventory --db {db_url}")
+            console.print(f"  certpilot inventory --db {db_url} --problem expired --format json")
+            if not options.serve:
+                console.print("  certpilot demo --serve    (keeps /metrics up for Prometheus)")
+            else:
+                await _serve(options, fleet, scanner, inventory, metrics, registry, clock, console)
+        inventory.close()
+        return 1 if wrong else 0
+    finally:
+        await fleet.stop()
+
+
+async def _serve(
+    options: DemoOptions,
+    fleet: Fleet,
+    scanner: Scanner,
+    inventory: Inventory,
+    metrics: Metrics,
+    registry: CollectorRegistry,
+    clock: Clock,
+    console: Console,
+) -> None:
+    app = build_app(registry=registry, inventory=inventory, clock=clock)
+    runner = await serve(app, options.host, options.port)
+    port = bound_port(runner)
+    console.print()
+    console.print(
+        Text.assemble(
+            ("serving ", "bold"),
+            f"http://{options.host}:{port}/metrics  /healthz  /readyz  /api/v1/inventory",
+            f"  (rescanning every {options.rescan_seconds:g}s; Ctrl-C stops)",
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    targets: list[Target] = [*fleet.targets(), dns_failure_target()]
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), options.rescan_seconds)
+            if not stop.is_set():
+                await scan_and_record(scanner, inventory, metrics, targets, clock, env={})
+    finally:
+        await runner.cleanup()

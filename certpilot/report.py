@@ -1,0 +1,129 @@
+"""Terminal output with rich: tables a person reads at a glance, grouped by problem."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from certpilot.domain.inventory import InventoryItem
+from certpilot.domain.model import Observation
+from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode, severity_rank
+
+_STYLE = {
+    ProblemCode.EXPIRED: "bold red",
+    ProblemCode.REVOKED: "bold red",
+    ProblemCode.NOT_YET_VALID: "red",
+    ProblemCode.EXPIRING: "yellow",
+    ProblemCode.CHAIN_EXPIRING: "yellow",
+    ProblemCode.WEAK_KEY: "magenta",
+    ProblemCode.WEAK_SIGNATURE: "magenta",
+}
+
+
+def _code_text(codes: Sequence[ProblemCode]) -> Text:
+    if not codes:
+        return Text("ok", style="green")
+    t = Text()
+    for i, c in enumerate(sorted(codes, key=severity_rank)):
+        if i:
+            t.append(", ")
+        style = _STYLE.get(c, "cyan" if c in REACHABILITY_CODES else "red")
+        t.append(c.value, style=style)
+    return t
+
+
+def _days(days: float | None) -> Text:
+    if days is None:
+        return Text("-", style="dim")
+    style = "red" if days < 0 else "yellow" if days < 30 else ""
+    return Text(f"{days:.1f}", style=style)
+
+
+def _sort_key(o: Observation) -> tuple[int, str]:
+    worst = o.worst
+    return (severity_rank(worst) if worst else 999, o.target)
+
+
+def scan_table(observations: Sequence[Observation], title: str | None = None) -> Table:
+    """One row per scanned item, worst first."""
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("target", overflow="fold")
+    table.add_column("status", overflow="fold")
+    table.add_column("days left", justify="right")
+    table.add_column("subject", overflow="fold")
+    table.add_column("issuer", overflow="fold")
+    table.add_column("key")
+    table.add_column("tls")
+    for o in sorted(observations, key=_sort_key):
+        leaf = o.leaf
+        table.add_row(
+            o.target if o.source == "tls" else o.ref.removeprefix("file://"),
+            _code_text(o.codes),
+            _days(leaf.days_left(o.observed_at) if leaf else None),
+            (leaf.subject_cn or leaf.subject) if leaf else Text(o.error or "", style="dim"),
+            leaf.issuer_cn if leaf else "",
+            f"{leaf.key_type}-{leaf.key_bits}" if leaf else "",
+            (o.tls_version or "").replace("TLSv", "") if o.source == "tls" else o.source,
+        )
+    return table
+
+
+def grouped_report(observations: Sequence[Observation], console: Console) -> None:
+    """Print one block per problem code, most urgent first, then the healthy ones."""
+    groups: dict[ProblemCode, list[Observation]] = defaultdict(list)
+    healthy: list[Observation] = []
+    for o in observations:
+        if not o.problems:
+            healthy.append(o)
+        for p in o.problems:
+            groups[p.code].append(o)
+    total = len(observations)
+    bad = total - len(healthy)
+    summary = Text()
+    summary.append(f"{total} scanned: ", style="bold")
+    summary.append(f"{len(healthy)} healthy", style="green")
+    summary.append(", ")
+    summary.append(f"{bad} with problems", style="red" if bad else "green")
+    console.print(summary)
+    for code in sorted(groups, key=severity_rank):
+        items = groups[code]
+        console.print()
+        console.print(Text(f"{code.value}  ({len(items)})", style=_STYLE.get(code, "bold cyan")))
+        for o in items:
+            msg = next(p.message for p in o.problems if p.code == code)
+            console.print(Text.assemble(("  • ", "dim"), (o.target, "bold"), "  ", msg))
+    if healthy:
+        console.print()
+        console.print(Text(f"healthy  ({len(healthy)})", style="bold green"))
+        for o in healthy:
+            left = o.leaf.days_left(o.observed_at) if o.leaf else 0.0
+            console.print(
+                Text.assemble(("  • ", "dim"), (o.target, "bold"), f"  {left:.0f} days left")
+            )
+
+
+def inventory_table(items: Sequence[InventoryItem], now: datetime) -> Table:
+    table = Table(title_justify="left")
+    table.add_column("location", overflow="fold")
+    table.add_column("problems", overflow="fold")
+    table.add_column("days left", justify="right")
+    table.add_column("not after")
+    table.add_column("subject", overflow="fold")
+    table.add_column("issuer", overflow="fold")
+    table.add_column("serial", overflow="fold")
+    for it in items:
+        table.add_row(
+            it.ref,
+            _code_text(it.problems),
+            _days(it.days_left(now)),
+            it.not_after.strftime("%Y-%m-%d %H:%M") if it.not_after else "-",
+            it.subject_cn or it.subject or Text(it.error or "", style="dim"),
+            it.issuer_cn or "",
+            (it.serial or "")[:20],
+        )
+    return table

@@ -1,0 +1,209 @@
+"""Configuration: one YAML file plus the environment, validated once into frozen settings.
+
+Errors name the file, the field path and what was expected (``ConfigError``). Secrets never
+live in the YAML: fields that need one name an environment variable or a file instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from certpilot.domain.errors import ConfigError, UsageError
+from certpilot.domain.judge import JudgePolicy
+from certpilot.domain.model import EndpointTarget, FileTarget
+from certpilot.targets import split_host_port
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``30s``, ``5m``, ``1.5h``, ``2d``, ``250ms`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a positive duration")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("expected a duration such as 30s, 5m, 1h")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Model):
+    url: str = "sqlite:///certpilot.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+            raise ValueError("expected a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class HttpSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9795, ge=0, le=65535)
+
+
+class ScanSettings(_Model):
+    interval: Duration = 300.0
+    timeout: Duration = 5.0
+    concurrency: int = Field(default=100, ge=1, le=10000)
+    workers: int = Field(default=0, ge=0, le=64)
+    ca_files: tuple[str, ...] = ()
+    system_trust: bool = True
+
+
+class JudgeSettings(_Model):
+    expiring_fraction: float | None = Field(default=1.0 / 3.0, gt=0, le=1)
+    expiring_days: float | None = Field(default=30.0, ge=0)
+    min_rsa_bits: int = Field(default=2048, ge=512)
+    min_ec_bits: int = Field(default=256, ge=160)
+
+    def policy(self) -> JudgePolicy:
+        return JudgePolicy(
+            expiring_fraction=self.expiring_fraction,
+            expiring_days=self.expiring_days,
+            min_rsa_bits=self.min_rsa_bits,
+            min_ec_bits=self.min_ec_bits,
+        )
+
+
+class EndpointSettings(_Model):
+    host: str = Field(min_length=1)
+    port: int = Field(default=443, ge=1, le=65535)
+    sni: str | None = None
+    address: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def target(self) -> EndpointTarget:
+        return EndpointTarget(self.host, self.port, self.sni, self.address, self.labels)
+
+
+class FileSettings(_Model):
+    path: str = Field(min_length=1)
+    password_env: str | None = None
+    password_file: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def target(self) -> FileTarget:
+        return FileTarget(self.path, self.password_env, self.password_file, self.labels)
+
+
+def _endpoint_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            host, port = split_host_port(value, default_port=443)
+        except UsageError as e:
+            raise ValueError(e.message) from e
+        return {"host": host, "port": port}
+    return value
+
+
+def _file_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class TargetSettings(_Model):
+    endpoints: tuple[Annotated[EndpointSettings, BeforeValidator(_endpoint_shorthand)], ...] = ()
+    files: tuple[Annotated[FileSettings, BeforeValidator(_file_shorthand)], ...] = ()
+
+
+class Settings(_Model):
+    """The whole configuration. Every field has a working default."""
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    scan: ScanSettings = Field(default_factory=ScanSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    targets: TargetSettings = Field(default_factory=TargetSettings)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Settings:
+        seen: set[str] = set()
+        for ep in self.targets.endpoints:
+            ref = ep.target().ref
+            if ref in seen:
+                raise ValueError(f"endpoint {ref} is listed twice")
+            seen.add(ref)
+        return self
+
+    def endpoint_targets(self) -> list[EndpointTarget]:
+        return [e.target() for e in self.targets.endpoints]
+
+    def file_targets(self) -> list[FileTarget]:
+        return [f.target() for f in self.targets.files]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "function" in p))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        extra = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
+        raise ConfigError(
+            source, _loc(loc), msg + extra, err.get("input"), has_value=err["type"] != "missing"
+        ) from e
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a YAML config file. Raises ``ConfigError`` with file and field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(str(p), "", "file not found", has_value=False) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(p), "", f"cannot read: {e}", has_value=False) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(str(p), where, f"invalid YAML: {problem}", has_value=False) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), "", "expected a mapping at the top level", type(data).__name__)
+    return settings_from_mapping(data, str(p))
