@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="see certpilot work on a loopback fleet, no setup")
     d.add_argument("--serve", action="store_true", help="keep the HTTP server up afterwards")
     d.add_argument("--port", type=int, default=9795, help="HTTP port with --serve (0: any free)")
-    d.add_argument("--state-dir", type=Path, help="keep the demo's files here (default: temporary)")
+    d.add_argument(
+        "--state-dir", type=Path, help="where the demo keeps its files (default: .certpilot-demo)"
+    )
     return p
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,9 @@ from certpilot.report import grouped_report, scan_table
 from certpilot.store import Inventory
 from scanner.runner import Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
+
+
+DEFAULT_STATE_DIR = ".certpilot-demo"
 
 
 @dataclass
@@ -75,13 +77,13 @@ def _check_table(fleet: Fleet, observations: list[Observation]) -> tuple[Table, 
 
 async def run_demo(options: DemoOptions, clock: Clock, console: Console) -> int:
     """Run the demo; returns the process exit code (0 when every endpoint was judged right)."""
-    with contextlib.ExitStack() as files:
-        if options.state_dir is None:
-            state = Path(files.enter_context(tempfile.TemporaryDirectory(prefix="certpilot-demo-")))
-        else:
-            state = options.state_dir
-            state.mkdir(parents=True, exist_ok=True)
-        return await _demo(options, state, clock, console)
+    state = options.state_dir or Path(DEFAULT_STATE_DIR)
+    state.mkdir(parents=True, exist_ok=True)
+    # Each run is a fresh fleet on new ports: start from an empty inventory so the report and
+    # the `certpilot inventory` hints below describe this run only.
+    for stale in ("inventory.db", "inventory.db-wal", "inventory.db-shm"):
+        (state / stale).unlink(missing_ok=True)
+    return await _demo(options, state, clock, console)
 
 
 async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Console) -> int:

@@ -218,7 +218,7 @@ class LocalCA:
         if isinstance(hash_alg, hashes.SHA1):
             cert = _sign_sha1(builder, self.issuer_key)
         else:
-            cert = builder.sign(self.issuer_key, hash_alg or hashes.SHA256())
+            cert = builder.sign(self.issuer_key, hash_alg or hashes.SHA256())  # type: ignore[arg-type]
         chain = [self.intermediate] if self.intermediate is not None else []
         return Issued(cert, key, chain)
 

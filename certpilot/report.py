@@ -49,20 +49,24 @@ def _sort_key(o: Observation) -> tuple[int, str]:
     return (severity_rank(worst) if worst else 999, o.target)
 
 
+def _where(o: Observation) -> str:
+    return o.target if o.source == "tls" else o.ref.removeprefix("file://")
+
+
 def scan_table(observations: Sequence[Observation], title: str | None = None) -> Table:
     """One row per scanned item, worst first."""
     table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("target", overflow="fold")
-    table.add_column("status", overflow="fold")
-    table.add_column("days left", justify="right")
-    table.add_column("subject", overflow="fold")
-    table.add_column("issuer", overflow="fold")
-    table.add_column("key")
-    table.add_column("tls")
+    table.add_column("target", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("days left", justify="right", no_wrap=True)
+    table.add_column("subject", overflow="fold", ratio=1)
+    table.add_column("issuer", overflow="fold", ratio=1)
+    table.add_column("key", no_wrap=True)
+    table.add_column("tls", no_wrap=True)
     for o in sorted(observations, key=_sort_key):
         leaf = o.leaf
         table.add_row(
-            o.target if o.source == "tls" else o.ref.removeprefix("file://"),
+            _where(o),
             _code_text(o.codes),
             _days(leaf.days_left(o.observed_at) if leaf else None),
             (leaf.subject_cn or leaf.subject) if leaf else Text(o.error or "", style="dim"),
@@ -96,23 +100,23 @@ def grouped_report(observations: Sequence[Observation], console: Console) -> Non
         console.print(Text(f"{code.value}  ({len(items)})", style=_STYLE.get(code, "bold cyan")))
         for o in items:
             msg = next(p.message for p in o.problems if p.code == code)
-            console.print(Text.assemble(("  • ", "dim"), (o.target, "bold"), "  ", msg))
+            console.print(Text.assemble(("  • ", "dim"), (_where(o), "bold"), "  ", msg))
     if healthy:
         console.print()
         console.print(Text(f"healthy  ({len(healthy)})", style="bold green"))
         for o in healthy:
             left = o.leaf.days_left(o.observed_at) if o.leaf else 0.0
             console.print(
-                Text.assemble(("  • ", "dim"), (o.target, "bold"), f"  {left:.0f} days left")
+                Text.assemble(("  • ", "dim"), (_where(o), "bold"), f"  {left:.0f} days left")
             )
 
 
 def inventory_table(items: Sequence[InventoryItem], now: datetime) -> Table:
     table = Table(title_justify="left")
-    table.add_column("location", overflow="fold")
-    table.add_column("problems", overflow="fold")
-    table.add_column("days left", justify="right")
-    table.add_column("not after")
+    table.add_column("location", no_wrap=True)
+    table.add_column("problems", no_wrap=True)
+    table.add_column("days left", justify="right", no_wrap=True)
+    table.add_column("not after", no_wrap=True)
     table.add_column("subject", overflow="fold")
     table.add_column("issuer", overflow="fold")
     table.add_column("serial", overflow="fold")

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 
 from certpilot.domain.chain import TrustAnchors
@@ -56,7 +56,8 @@ def _worker_scan(
     return asyncio.run(prober.probe(targets))
 
 
-def _worker_warmup() -> int:
+def _worker_warmup(_: int = 0) -> int:
+    """Start-up probe for :func:`warm_up`; ``pool.map`` passes one argument per call."""
     return os.getpid()
 
 
@@ -119,6 +120,9 @@ class Scanner:
         # Chunks several times smaller than a worker's share keep both cores busy to the end and
         # give the progress bar something to show.
         chunk = max(per_worker, len(targets) // (workers * 4) or 1)
+        # A target's default labels are a MappingProxyType, which pickle refuses: send workers
+        # plain dicts (each observation copies its target's labels, so those come back too).
+        targets = [replace(t, labels=dict(t.labels)) for t in targets]
         pieces = [targets[i : i + chunk] for i in range(0, len(targets), chunk)]
         pool = self._pool
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from certpilot.domain.errors import CertificateParseError
 
@@ -178,9 +178,9 @@ def _urls(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...], tup
     if isinstance(aia, x509.AuthorityInformationAccess):
         for ad in aia:
             if isinstance(ad.access_location, x509.UniformResourceIdentifier):
-                if ad.access_method == x509.AuthorityInformationAccessOID.OCSP:
+                if ad.access_method == AuthorityInformationAccessOID.OCSP:
                     ocsp.append(ad.access_location.value)
-                elif ad.access_method == x509.AuthorityInformationAccessOID.CA_ISSUERS:
+                elif ad.access_method == AuthorityInformationAccessOID.CA_ISSUERS:
                     ca_issuers.append(ad.access_location.value)
     return tuple(crl), tuple(ocsp), tuple(ca_issuers)
 

@@ -41,11 +41,14 @@ def sqlite_timestamp(value: datetime) -> str:
     ``DATETIME`` reads and writes, so the sqlite3 shell or a plain ``DateTime`` column sees
     ordinary values.
     """
-    if value.utcoffset() is None:
-        raise ValueError(f"timestamps must be timezone-aware, got naive {value!r}")
+    tz = value.tzinfo
+    if tz is not UTC:
+        if tz is None or value.utcoffset() is None:
+            raise ValueError(f"timestamps must be timezone-aware, got naive {value!r}")
+        value = value.astimezone(UTC)
     # isoformat() of a naive datetime with sep=" " is exactly SQLAlchemy's SQLite storage format,
     # and is implemented in C (strftime would be several times slower at 100k rows).
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def sqlite_parse_timestamp(value: str) -> datetime:
@@ -101,7 +104,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
-            return dialect.type_descriptor(_SQLiteUTCText())
+            # sqlite.DATETIME's constructor is untyped in SQLAlchemy's stubs.
+            return dialect.type_descriptor(_SQLiteUTCText())  # type: ignore[no-untyped-call]
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:

@@ -1,0 +1,139 @@
+"""The inventory schema, as SQLModel tables.
+
+These classes describe the schema (DDL, and a typed view for ad-hoc ORM use); the store itself
+reads and writes them with SQLAlchemy Core through :data:`CERTIFICATE`, :data:`LOCATION`, ...,
+and returns the domain dataclasses of ``certpilot.domain.inventory``, never these rows.
+
+* ``certificate``: every certificate ever recorded (leaves and the chain certificates presented
+  with them), keyed by the SHA-256 of its DER; immutable facts plus first/last seen.
+* ``location``: where a certificate lives (an endpoint, a file item, a secret), keyed by the
+  source's stable ``ref``; what it holds now and which problems it has now.
+* ``sighting``: every (location, certificate) pair ever seen, chain certificates included, so
+  "where is this certificate deployed?" and "what did this endpoint serve last month?" are
+  one indexed query each.
+* ``event``: the append-only change log, with ids that consumers page through (``since_id``).
+* ``scan_run``: one row per scan (source, counts, start and finish).
+
+Timestamps are :class:`~certpilot.store.coltypes.UTCDateTime`, JSON values
+:class:`~certpilot.store.coltypes.JSONText` (see that module for why).
+"""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, Text
+from sqlmodel import Field, SQLModel
+
+from certpilot.store.coltypes import JSONText, UTCDateTime
+
+# This module deliberately has no `from __future__ import annotations`: SQLModel reads the
+# field annotations at class creation to build the columns.
+
+
+class CertificateRow(SQLModel, table=True):
+    __tablename__ = "certificate"
+
+    fingerprint_sha256: str = Field(primary_key=True, max_length=64)
+    serial: str = Field(index=True)  # lowercase hex, as CertInfo.serial
+    spki_sha256: str = Field(max_length=64)
+    subject: str = Field(sa_type=Text)
+    subject_cn: str
+    issuer: str = Field(sa_type=Text)
+    issuer_cn: str
+    sans: list[str] = Field(default_factory=list, sa_type=JSONText)
+    not_before: datetime = Field(sa_type=UTCDateTime)
+    not_after: datetime = Field(sa_type=UTCDateTime, index=True)
+    key_type: str
+    key_bits: int
+    signature_algorithm: str
+    is_ca: bool
+    der: bytes
+    first_seen: datetime = Field(sa_type=UTCDateTime)
+    last_seen: datetime = Field(sa_type=UTCDateTime)
+
+
+class ScanRunRow(SQLModel, table=True):
+    __tablename__ = "scan_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    targets: int = 0
+    observations: int = 0
+    problems: int = 0
+
+
+class LocationRow(SQLModel, table=True):
+    __tablename__ = "location"
+
+    ref: str = Field(primary_key=True)
+    source: str = Field(index=True)
+    target: str = Field(sa_type=Text)
+    # What the location holds now; NULL when the last scan saw no certificate (refused, timeout).
+    fingerprint_sha256: str | None = Field(
+        default=None, foreign_key="certificate.fingerprint_sha256", index=True, max_length=64
+    )
+    # The last leaf ever seen here, kept across failed scans, so an endpoint that was down and
+    # comes back with the same certificate is not reported as a certificate change. No foreign
+    # key: it is history, and must not stop a retired certificate from being pruned.
+    last_fingerprint_sha256: str | None = Field(default=None, max_length=64)
+    # Fingerprints of every certificate presented by the last scan, leaf first (empty when
+    # none): the location's current sightings.
+    chain: list[str] = Field(default_factory=list, sa_type=JSONText)
+    # Distinct codes in severity order (see certpilot.domain.problems.SEVERITY_ORDER): a
+    # canonical form, so comparing the stored text compares the sets.
+    problems: list[str] = Field(default_factory=list, sa_type=JSONText)
+    problem_details: list[dict[str, str]] = Field(default_factory=list, sa_type=JSONText)
+    error: str | None = Field(default=None, sa_type=Text)
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSONText)
+    first_seen: datetime = Field(sa_type=UTCDateTime)
+    last_scanned: datetime = Field(sa_type=UTCDateTime)
+    # Last time the held certificate or the set of problems changed.
+    last_changed: datetime = Field(sa_type=UTCDateTime)
+    run_id: int | None = Field(default=None, foreign_key="scan_run.id")
+
+
+class SightingRow(SQLModel, table=True):
+    __tablename__ = "sighting"
+    # A narrow table keyed by text: WITHOUT ROWID keeps one B-tree instead of two
+    # (https://www.sqlite.org/withoutrowid.html, section 4). Ignored by PostgreSQL.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    ref: str = Field(primary_key=True, foreign_key="location.ref")
+    fingerprint_sha256: str = Field(
+        primary_key=True, foreign_key="certificate.fingerprint_sha256", index=True, max_length=64
+    )
+    first_seen: datetime = Field(sa_type=UTCDateTime)
+    last_seen: datetime = Field(sa_type=UTCDateTime)
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "event"
+    # AUTOINCREMENT: ids are never reused, even after the newest events are pruned, so a
+    # consumer's `since_id` cursor cannot skip events (https://www.sqlite.org/autoinc.html).
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime)
+    kind: str = Field(max_length=32)
+    ref: str = Field(index=True)  # no foreign key: history outlives a deleted location
+    fingerprint_sha256: str | None = Field(default=None, max_length=64)
+    code: str | None = Field(default=None, max_length=64)
+    detail: str = Field(default="", sa_type=Text)
+
+
+def _table(model: Any) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+CERTIFICATE = _table(CertificateRow)
+LOCATION = _table(LocationRow)
+SIGHTING = _table(SightingRow)
+EVENT = _table(EventRow)
+SCAN_RUN = _table(ScanRunRow)
+
+#: Every table of the inventory, in dependency order (parents first).
+INVENTORY_TABLES: tuple[Table, ...] = (CERTIFICATE, SCAN_RUN, LOCATION, SIGHTING, EVENT)
