@@ -109,11 +109,6 @@ class Service:
             runner = await serve(app, self.settings.http.host, self.settings.http.port)
             stack.push_async_callback(runner.cleanup)
             self.port = bound_port(runner)
-            log.info(
-                "listening on http://%s:%d (metrics at /metrics)",
-                self.settings.http.host,
-                self.port,
-            )
             targets: list[Target] = [
                 *self.settings.endpoint_targets(),
                 *self.settings.file_targets(),

@@ -31,7 +31,6 @@ from certpilot.store import Inventory
 from scanner.runner import Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
 
-
 DEFAULT_STATE_DIR = ".certpilot-demo"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -28,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from certpilot.domain.clock import Clock
-from certpilot.domain.errors import CertpilotError, StoreError
+from certpilot.domain.errors import CertpilotError, ConfigError, StoreError
 from certpilot.domain.inventory import ScanRun
 from certpilot.domain.problems import ProblemCode
 from certpilot.domain.protocols import InventoryReader
@@ -277,6 +278,14 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(
+            "http",
+            "listen",
+            f"cannot listen on {_display(host, port)}: {os.strerror(e.errno) if e.errno else e}",
+            has_value=False,
+        ) from e
     except BaseException:
         await runner.cleanup()
         raise

@@ -79,7 +79,8 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 
 async def test_run_serves_metrics_for_configured_targets(tmp_path: Path, fleet: Fleet) -> None:
     port = _free_port()
     endpoints = "\n".join(
-        f"    - {{host: {ep.host}, port: {ep.port}, address: 127.0.0.1, labels: {{owner: {ep.owner}}}}}"
+        f"    - {{host: {ep.host}, port: {ep.port}, address: 127.0.0.1, "
+        f"labels: {{owner: {ep.owner}}}}}"
         for ep in fleet.endpoints
     )
     cfg = tmp_path / "certpilot.yaml"
@@ -110,7 +111,7 @@ targets:
             async with http.get(f"{base}/api/v1/inventory", params={"problem": "expired"}) as r:
                 expired = await r.json()
         expired_ep = fleet.by_case("expired")
-        assert f"x509_cert_expired{{" in text
+        assert "x509_cert_expired{" in text
         assert 'certpilot_problems{code="expired"} 1.0' in text
         assert 'certpilot_problems{code="incomplete_chain"} 1.0' in text
         assert 'x509_source_up{source="tls"} 1.0' in text
