@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from certpilot import __version__
 from certpilot.domain.clock import FixedClock
-from certpilot.domain.errors import StoreError
+from certpilot.domain.errors import ConfigError, StoreError
 from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun
 from certpilot.domain.problems import ProblemCode
 from certpilot.http import MAX_EVENTS_LIMIT, bound_port, build_app, serve
@@ -401,7 +401,7 @@ async def test_serve_binds_requested_port_and_cleans_up_on_conflict() -> None:
     try:
         port = bound_port(runner)
         other = build_app(registry=CollectorRegistry(), inventory=inv, clock=FixedClock(NOW))
-        with pytest.raises(OSError):
+        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:.*in use"):
             await serve(other, "127.0.0.1", port)
     finally:
         await runner.cleanup()
