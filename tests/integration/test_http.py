@@ -401,7 +401,7 @@ async def test_serve_binds_requested_port_and_cleans_up_on_conflict() -> None:
     try:
         port = bound_port(runner)
         other = build_app(registry=CollectorRegistry(), inventory=inv, clock=FixedClock(NOW))
-        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:.*in use"):
+        with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:.*in use"):
             await serve(other, "127.0.0.1", port)
     finally:
         await runner.cleanup()
