@@ -1,13 +1,17 @@
 """How fast does the inventory take a large scan? (DESIGN.md section 5: measured, not timed tests.)
 
 Builds N synthetic observations (one TLS location each, a distinct leaf per location plus one
-shared intermediate, about 10% of them with a problem) and times three ``Inventory.record``
-calls on a fresh database:
+shared intermediate, 10% of them with a problem) and times ``Inventory.record`` of the whole
+batch on a fresh database, round after round:
 
 1. ``first``: everything is new (certificates, locations, sightings, and the
    ``location_added`` / ``first_seen`` / ``problem_raised`` events);
-2. ``same``: the same state again an hour later (no events; every row's ``last_seen`` moves);
-3. ``changed``: 10% of the locations serve a renewed certificate and their problems clear.
+2. ``same``: the next periodic scan, 5 minutes later, same state (no events; every location's
+   ``last_scanned`` and every sighting's ``last_seen`` move);
+3. ``changed``: 5 minutes later, 10% of the locations serve a renewed certificate and their
+   problem clears (new certificates, ``new_certificate`` and ``problem_cleared`` events);
+4. ``next_hour``: the same state in a new UTC hour, when every deployed certificate's
+   ``last_seen`` is refreshed too (see ``certpilot.store.inventory._hour``).
 
 The leaves are real certificates from the embedded CA, parsed once; the N distinct ones are
 copies with their fingerprint, serial and expiry varied (``dataclasses.replace``), so parsing
@@ -29,7 +33,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import replace  # noqa: F401
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,24 +92,31 @@ def observation(
     )
 
 
-def build(rows: int) -> tuple[list[Observation], list[Observation], list[Observation]]:
+ROUNDS = (
+    # name, minutes after START, renewed (10% of locations serve a new certificate)
+    ("first", 0, False),  # everything new: certificates, locations, sightings, events
+    ("same", 5, False),  # the next periodic scan: nothing changed
+    ("changed", 10, True),  # 10% renewed: new certificate, their problem cleared
+    ("next_hour", 65, True),  # nothing changed, but a new UTC hour: certificate.last_seen refresh
+)
+
+
+def build(rows: int) -> list[list[Observation]]:
+    """One batch of ``rows`` observations per round of :data:`ROUNDS`."""
     leaves, intermediate = base_certificates()
-    first: list[Observation] = []
-    same: list[Observation] = []
-    changed: list[Observation] = []
-    later = START + timedelta(hours=1)
-    latest = START + timedelta(hours=2)
+    batches: list[list[Observation]] = [[] for _ in ROUNDS]
     for i in range(rows):
-        leaf = synthetic_leaf(leaves[i % len(leaves)], i, 0)
-        problem = i % 10 == 3
-        first.append(observation(i, leaf, intermediate, START, problem))
-        same.append(observation(i, leaf, intermediate, later, problem))
-        if i % 10 == 3:  # 10% renewed: new certificate, problem cleared
-            renewed = synthetic_leaf(leaves[i % len(leaves)], i, 1)
-            changed.append(observation(i, renewed, intermediate, latest, False))
-        else:
-            changed.append(observation(i, leaf, intermediate, latest, problem))
-    return first, same, changed
+        base = leaves[i % len(leaves)]
+        leaf = synthetic_leaf(base, i, 0)
+        has_problem = i % 10 == 3
+        renewed = synthetic_leaf(base, i, 1) if has_problem else leaf
+        for batch, (_, minutes, after_renewal) in zip(batches, ROUNDS, strict=True):
+            at = START + timedelta(minutes=minutes)
+            if after_renewal and has_problem:
+                batch.append(observation(i, renewed, intermediate, at, False))
+            else:
+                batch.append(observation(i, leaf, intermediate, at, has_problem))
+    return batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, object]] = []
     inventory = Inventory.open(url)
     try:
-        nows = (START, START + timedelta(hours=1), START + timedelta(hours=2))
-        for name, batch, now in zip(("first", "same", "changed"), rounds, nows, strict=True):
+        for (name, minutes, _), batch in zip(ROUNDS, rounds, strict=True):
             t0 = time.perf_counter()
-            events = inventory.record(batch, now=now)
+            events = inventory.record(batch, now=START + timedelta(minutes=minutes))
             seconds = time.perf_counter() - t0
             results.append(
                 {
@@ -157,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     size = None
     if db_path is not None:
-        size = sum(
-            p.stat().st_size
-            for p in (db_path, Path(f"{db_path}-wal"))
-            if p.exists()
-        )
+        size = sum(p.stat().st_size for p in (db_path, Path(f"{db_path}-wal")) if p.exists())
 
     print(f"{'round':<8} {'observations':>12} {'events':>8} {'seconds':>8} {'obs/s':>9}")
     for r in results:

@@ -69,6 +69,8 @@ class Round:
     cpu_s: float  # the tool's processes
     driver_cpu_s: float  # blackbox only: this process, which sends the HTTP requests
     server_cpu_s: float  # nginx master + workers
+    other_cpu_s: float  # machine-wide busy CPU outside the above: other tenants, softirq
+    waited_s: float  # how long the round waited for a quiet machine before starting
     peak_rss: dict[str, int] = field(default_factory=dict)  # process role -> bytes
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -76,8 +78,13 @@ class Round:
     def rate(self) -> float:
         return self.probes / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def other_load(self) -> float:
+        """Share of the machine's CPUs busy with something else during the round."""
+        return self.other_cpu_s / (self.wall_s * (os.cpu_count() or 1)) if self.wall_s else 0.0
 
-# -- /proc helpers ---------------------------------------------------------------------------
+
+# -- /proc and psutil helpers ------------------------------------------------------------------
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -109,6 +116,26 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+async def wait_quiet(max_load: float, max_wait: float) -> float:
+    """Wait until the machine is nearly idle (other sessions share it); returns seconds waited."""
+    import psutil
+
+    t0 = time.monotonic()
+    psutil.cpu_percent()
+    while time.monotonic() - t0 < max_wait:
+        await asyncio.sleep(0.5)
+        if psutil.cpu_percent() / 100 <= max_load:
+            break
+    return time.monotonic() - t0
+
+
 def pool_processes(exclude: set[int]) -> tuple[list[int], list[int]]:
     """(spawned pool workers, other helper children such as the resource tracker)."""
     import psutil
@@ -126,23 +153,47 @@ def pool_processes(exclude: set[int]) -> tuple[list[int], list[int]]:
     return workers, helpers
 
 
+class Meter:
+    """CPU deltas per process group, machine-wide busy time, and peak RSS within one round."""
+
+    def __init__(self, tool: list[int], driver: list[int], server: list[int]) -> None:
+        self.groups = {"tool": tool, "driver": driver, "server": server}
+        self.start_cpu: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.wall = 0.0
+
+    def __enter__(self) -> Meter:
+        for pid in self.groups["tool"]:
+            reset_peak_rss(pid)
+        self.start_cpu = {k: cpu_seconds(v) for k, v in self.groups.items()}
+        self.start_cpu["machine"] = machine_busy_seconds()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._t0
+        self.cpu = {k: cpu_seconds(v) - self.start_cpu[k] for k, v in self.groups.items()}
+        ours = sum(self.cpu.values())
+        self.cpu["other"] = max(0.0, machine_busy_seconds() - self.start_cpu["machine"] - ours)
+
+
 # -- the two tools -----------------------------------------------------------------------------
 
 
 async def certpilot_round(
-    scanner: Any, targets: list[Any], workers: int, index: int, exporter_pid: int, nginx: list[int]
+    scanner: Any,
+    targets: list[Any],
+    workers: int,
+    index: int,
+    exporter_pid: int,
+    nginx: list[int],
+    waited: float,
 ) -> Round:
     me = os.getpid()
     # workers=1 probes in this process; the pool (idle then) is not part of that row.
     pool, helpers = pool_processes({exporter_pid}) if workers > 1 else ([], [])
-    procs = [me, *pool, *helpers]
-    for pid in procs:
-        reset_peak_rss(pid)
-    cpu0, srv0 = cpu_seconds(procs), cpu_seconds(nginx)
-    t0 = time.perf_counter()
-    observations = await scanner.probe(targets)
-    wall = time.perf_counter() - t0
-    cpu1, srv1 = cpu_seconds(procs), cpu_seconds(nginx)
+    with Meter([me, *pool, *helpers], [], nginx) as m:
+        observations = await scanner.probe(targets)
     failures = Counter(str(code) for o in observations for code in o.codes)
     ok = sum(1 for o in observations if o.healthy and o.leaf is not None and len(o.chain) == 2)
     rss = {"main": peak_rss(me)}
@@ -154,10 +205,12 @@ async def certpilot_round(
         index,
         len(targets),
         ok,
-        wall,
-        cpu1 - cpu0,
+        m.wall,
+        m.cpu["tool"],
         0.0,
-        srv1 - srv0,
+        m.cpu["server"],
+        m.cpu["other"],
+        waited,
         rss,
         dict(failures),
     )
@@ -170,12 +223,12 @@ async def blackbox_round(
     concurrency: int,
     index: int,
     nginx: list[int],
+    waited: float,
 ) -> Round:
     import aiohttp
 
     assert exporter.pid is not None
-    bb, me = exporter.pid, os.getpid()
-    reset_peak_rss(bb)
+    bb = exporter.pid
     urls = iter([exporter.probe_url(f"127.0.0.1:{p}") for p in ports])
     failures: Counter[str] = Counter()
     ok = 0
@@ -194,21 +247,20 @@ async def blackbox_round(
             else:
                 failures[f"http_{resp.status}" if resp.status != 200 else "probe_success 0"] += 1
 
-    bb0, me0, srv0 = cpu_seconds([bb]), cpu_seconds([me]), cpu_seconds(nginx)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(drive() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    bb1, me1, srv1 = cpu_seconds([bb]), cpu_seconds([me]), cpu_seconds(nginx)
+    with Meter([bb], [os.getpid()], nginx) as m:
+        await asyncio.gather(*(drive() for _ in range(concurrency)))
     return Round(
         "blackbox_exporter",
         1,
         index,
         len(ports),
         ok,
-        wall,
-        bb1 - bb0,
-        me1 - me0,
-        srv1 - srv0,
+        m.wall,
+        m.cpu["tool"],
+        m.cpu["driver"],
+        m.cpu["server"],
+        m.cpu["other"],
+        waited,
         {"exporter": peak_rss(bb)},
         dict(failures),
     )
@@ -234,6 +286,7 @@ def summarise(rounds: list[Round]) -> dict[str, Any]:
         "cpu_ms_per_probe": round(1000 * sum(r.cpu_s for r in rounds) / probes, 3),
         "driver_cpu_ms_per_probe": round(1000 * sum(r.driver_cpu_s for r in rounds) / probes, 3),
         "server_cpu_ms_per_probe": round(1000 * sum(r.server_cpu_s for r in rounds) / probes, 3),
+        "other_load_max": round(max(r.other_load for r in rounds), 3),
         "peak_rss_mib": {
             k: round(max(r.peak_rss.get(k, 0) for r in rounds) / MiB, 1)
             for k in sorted({k for r in rounds for k in r.peak_rss})
@@ -247,9 +300,10 @@ def summarise(rounds: list[Round]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| tool | workers | probes (ok) | wall s (median) | probes/s median [min-max] "
-        "| CPU ms/probe | driver CPU ms/probe | nginx CPU ms/probe | peak RSS MiB |"
+        "| CPU ms/probe | driver CPU ms/probe | nginx CPU ms/probe | other load max "
+        "| peak RSS MiB |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for s in rows:
         rss = ", ".join(f"{k} {v:g}" for k, v in s["peak_rss_mib"].items())
         driver = f"{s['driver_cpu_ms_per_probe']:.2f}" if s["tool"] != "certpilot" else "-"
@@ -258,7 +312,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {s['wall_s_median']:.2f} "
             f"| {s['probes_per_s_median']:.0f} [{s['probes_per_s_min']:.0f}-"
             f"{s['probes_per_s_max']:.0f}] | {s['cpu_ms_per_probe']:.2f} | {driver} "
-            f"| {s['server_cpu_ms_per_probe']:.2f} | {rss} |"
+            f"| {s['server_cpu_ms_per_probe']:.2f} | {s['other_load_max']:.0%} | {rss} |"
         )
     return "\n".join(lines)
 
@@ -360,17 +414,28 @@ async def run(args: argparse.Namespace) -> int:
                 # Untimed warm-up pass per tool: imports, anchors, Go runtime, nginx workers.
                 n_warm = min(len(targets), 200)
                 await pooled.probe(targets[:n_warm])
-                await blackbox_round(session, bb, ports[:n_warm], args.concurrency, -1, [])
+                await blackbox_round(session, bb, ports[:n_warm], args.concurrency, -1, [], 0.0)
                 for i in range(args.rounds):
-                    r = await certpilot_round(pooled, targets, workers, i, bb.pid, nginx_pids)
+                    # certpilot pool, blackbox, certpilot in-process: each after a quiet check.
+                    waited = await wait_quiet(args.max_load, args.max_wait)
+                    r = await certpilot_round(
+                        pooled, targets, workers, i, bb.pid, nginx_pids, waited
+                    )
                     rounds.append(r)
                     print(_progress(r), file=sys.stderr)
-                    r = await blackbox_round(session, bb, ports, args.concurrency, i, nginx_pids)
+                    waited = await wait_quiet(args.max_load, args.max_wait)
+                    r = await blackbox_round(
+                        session, bb, ports, args.concurrency, i, nginx_pids, waited
+                    )
                     rounds.append(r)
                     print(_progress(r), file=sys.stderr)
                     if workers != 1:
+                        # A new Scanner per round: its parse cache starts cold, like the pool's.
                         with Scanner(options(1), clock) as single:
-                            r = await certpilot_round(single, targets, 1, i, bb.pid, nginx_pids)
+                            waited = await wait_quiet(args.max_load, args.max_wait)
+                            r = await certpilot_round(
+                                single, targets, 1, i, bb.pid, nginx_pids, waited
+                            )
                         rounds.append(r)
                         print(_progress(r), file=sys.stderr)
             finally:
@@ -427,7 +492,8 @@ async def run(args: argparse.Namespace) -> int:
 def _progress(r: Round) -> str:
     return (
         f"round {r.index}: {r.tool} (workers={r.workers}) {r.ok}/{r.probes} ok, "
-        f"{r.wall_s:.2f}s, {r.rate:.0f}/s, {1000 * r.cpu_s / r.probes:.2f} ms CPU/probe"
+        f"{r.wall_s:.2f}s, {r.rate:.0f}/s, {1000 * r.cpu_s / r.probes:.2f} ms CPU/probe, "
+        f"other load {r.other_load:.0%} (waited {r.waited_s:.0f}s for a quiet machine)"
         + (f", failures {r.failures}" if r.failures else "")
     )
 
@@ -440,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="certpilot pool size; 0 = one per CPU")
     p.add_argument("--nginx-workers", default="2", help="nginx worker_processes (or auto)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-probe timeout, both tools")
+    p.add_argument(
+        "--max-load",
+        type=float,
+        default=0.10,
+        help="start a round only when the machine is at most this busy (0-1; other sessions)",
+    )
+    p.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for that")
     return asyncio.run(run(p.parse_args(argv)))
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from certpilot.domain.inventory import EventKind
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import Problem, ProblemCode, severity_rank
-from certpilot.domain.x509 import CertInfo, iso
+from certpilot.domain.x509 import CertInfo
 
 _CODES: dict[str, ProblemCode] = {c.value: c for c in ProblemCode}
 
@@ -83,8 +84,9 @@ def presented(obs: Observation) -> list[CertInfo]:
         candidates = chain  # the usual shape: the chain starts with the leaf
     else:
         candidates = (leaf, *chain)
-    if len(candidates) < 2:
-        return list(candidates)
+    n = len(candidates)
+    if n < 2 or (n == 2 and candidates[0].fingerprint_sha256 != candidates[1].fingerprint_sha256):
+        return list(candidates)  # nothing to dedupe: the common cases, on the hot path
     out: list[CertInfo] = []
     seen: set[str] = set()
     for info in candidates:
@@ -103,6 +105,12 @@ def fingerprints_json(infos: Sequence[CertInfo]) -> str:
     if not infos:
         return "[]"
     return '["' + '","'.join(info.fingerprint_sha256 for info in infos) + '"]'
+
+
+def _iso(ts: datetime) -> str:
+    """As ``certpilot.domain.x509.iso`` (``2025-01-31T12:00:00Z``), without strftime: this
+    runs for every new certificate of a batch."""
+    return ts.astimezone(UTC).isoformat("T", "seconds")[:19] + "Z"
 
 
 def derive_events(
@@ -142,7 +150,7 @@ def derive_events(
                 EventKind.FIRST_SEEN,
                 ref,
                 fp,
-                detail=f"serial {leaf.serial} {name}, valid until {iso(leaf.not_after)}",
+                detail=f"serial {leaf.serial} {name}, valid until {_iso(leaf.not_after)}",
             )
         )
     if (
@@ -163,6 +171,8 @@ def derive_events(
             )
         )
     if prior is not None and prior.problems_json == problems_json:
+        return out
+    if prior is None and not obs.problems:
         return out
     before = parse_codes(prior.problems_json) if prior is not None else []
     messages: dict[ProblemCode, str] = {}

@@ -26,6 +26,10 @@ from sqlalchemy.pool import StaticPool
 
 from certpilot.domain.errors import StoreError
 
+#: How long a SQLite writer waits for another one before failing with "database is locked".
+#: Read when a connection opens (tests shorten it).
+BUSY_TIMEOUT_MS = 5000
+
 #: Execution option that makes the next SQLite transaction ``BEGIN IMMEDIATE``.
 WRITE_OPTION = "certpilot_write"
 
@@ -88,7 +92,7 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             # 64 MiB page cache (default 2 MiB): a 100k-row scan touches tens of MiB of pages,
             # and a small cache spills dirty pages to the WAL more than once per transaction.

@@ -3,26 +3,32 @@
 :class:`Inventory` is the one object other rooms use. It speaks domain dataclasses
 (``Observation`` in; ``InventoryItem``, ``Event``, ``ScanRun`` out) and hides SQLAlchemy.
 
-The hot path is :meth:`Inventory.record`, which must take a 100k-observation scan in about a
-second on a small machine, so it works in bulk and in one transaction:
+The hot path is :meth:`Inventory.record`: a periodic scan of 100k locations must go in within
+about two seconds on a small machine. It works in bulk, in one transaction:
 
-1. dedupe the batch (the last observation of a ``ref`` wins) and collect its certificates;
-2. read the previous state of the affected locations and which certificates are already stored,
-   with chunked ``IN`` queries;
-3. derive the events in pure code (:mod:`certpilot.store.changes`);
-4. write with ``executemany``: new certificates (``ON CONFLICT DO NOTHING``), ``last_seen`` of
-   known ones, location upserts, sighting upserts, events.
+1. dedupe the batch (the last observation of a ``ref`` wins);
+2. read the previous state of those locations in bulk (chunked ``IN`` lists, or one pass over
+   the table when the batch covers most of it);
+3. sort the batch: *steady* locations (same certificates, same problems as last time; most of
+   any periodic scan) only move their timestamps; *changed* ones are upserted in full, their
+   certificates checked against the stored ones and their events derived in pure code
+   (:mod:`certpilot.store.changes`);
+4. write with ``executemany``, certificates first (foreign keys): new certificates
+   (``ON CONFLICT DO NOTHING``), ``last_seen`` of known ones, locations (upsert, or a narrow
+   ``UPDATE`` when steady), sightings (upsert, or extend the current ones when steady), events
+   (with ids reserved up front, so no ``RETURNING`` per row).
 
-The statements are built with SQLAlchemy Core (the dialect's ``insert`` so SQLite and PostgreSQL
-get their own ``ON CONFLICT``), compiled once, and executed with the driver's ``executemany`` on
-tuples that are already in the database's representation (:mod:`certpilot.store.coltypes`).
-Going through SQLAlchemy's per-row parameter processing instead costs about three times what
-SQLite itself spends on the same rows.
+The statements are built with SQLAlchemy Core (the dialect's ``insert``, so SQLite and
+PostgreSQL each get their own ``ON CONFLICT``), compiled once per inventory, and executed with
+the driver's ``executemany`` on tuples already in the database's representation
+(:mod:`certpilot.store.coltypes`): SQLAlchemy's per-row parameter processing costs about twice
+what SQLite itself spends on the same rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -75,7 +81,7 @@ from certpilot.store.tables import (
 
 #: Rows per ``executemany`` call and values per ``IN (...)`` list. Well below SQLite's
 #: 32766-variable limit and PostgreSQL's 65535, and large enough that per-call overhead vanishes.
-CHUNK: Final = 5000
+CHUNK = 5000
 
 # Key of the PostgreSQL advisory lock that serialises record() across replicas, as BEGIN
 # IMMEDIATE does on SQLite ("certpilo" in ASCII, an arbitrary constant).
@@ -130,20 +136,21 @@ _SIGHTING_COLUMNS: Final = ("ref", "fingerprint_sha256", "first_seen", "last_see
 _EVENT_COLUMNS: Final = ("id", "at", "kind", "ref", "fingerprint_sha256", "code", "detail")
 
 
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    size = CHUNK  # read at call time, so tests can shrink it
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-#: How stale a certificate's ``last_seen`` may get while it stays deployed: refreshed when a
-#: location presenting it is scanned in a new UTC hour. Refreshing it on every scan would
-#: rewrite every certificate row (DER included, often 1-2 KiB) on every scan, the largest
-#: write of a steady-state record(); exact per-location times are in ``sighting.last_seen``.
-CERTIFICATE_REFRESH: Final = timedelta(hours=1)
-
-
 def _hour(value: object) -> object:
-    """The UTC hour of a stored timestamp (SQLite text or a PostgreSQL datetime)."""
+    """The UTC clock hour of a stored timestamp (SQLite text or a PostgreSQL datetime).
+
+    A certificate's ``last_seen`` is refreshed by a steady location only when that location's
+    scan falls in a new UTC hour, so it is at most an hour stale while the certificate stays
+    deployed. Refreshing it on every scan would rewrite every certificate row (DER included,
+    often 1-2 KiB) on every scan: the largest write of a steady-state record(). Exact
+    per-location times are in ``sighting.last_seen`` and ``location.last_scanned``.
+    """
     if isinstance(value, str):
         return value[:13]  # "YYYY-MM-DD HH"
     if isinstance(value, datetime):
@@ -156,10 +163,52 @@ def _hour(value: object) -> object:
 _FULL_SCAN_FRACTION: Final = 0.25
 
 
+def _driver_rows(conn: Connection, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a parameterless query straight from the driver's cursor, as plain tuples.
+
+    For the 100k-row reads of record(): SQLAlchemy's result rows cost about as much again as
+    the query itself. Runs on the connection's DBAPI connection, inside its transaction.
+    """
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 def _rowid_bound(conn: Connection, table: Table) -> int:
     """An upper bound of a SQLite rowid table's row count, in O(log n): its largest rowid."""
     value = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()  # noqa: S608
     return int(value or 0)
+
+
+#: Batches at least this large run with the cyclic garbage collector paused (see _gc_paused).
+_PAUSE_GC_FROM: Final = 10_000
+
+
+@contextlib.contextmanager
+def _gc_paused(size: int) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector during one large record().
+
+    A 100k-observation record() allocates millions of tuples and strings and keeps hundreds of
+    thousands alive until it commits. Those allocations keep triggering generation-2
+    collections, and each walks every live object of the process (the caller's observations
+    included): 15-20% of record()'s time on the benchmark machine. Nothing record() builds is
+    cyclic, so reference counting still frees all of it; the collector resumes on exit, and is
+    left alone when someone else already disabled it
+    (https://docs.python.org/3/library/gc.html#gc.disable).
+    """
+    if size < _PAUSE_GC_FROM or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Plan:
@@ -238,6 +287,24 @@ class Inventory:
         self._lock: contextlib.AbstractContextManager[object] = (
             threading.Lock() if engines.is_memory(engine.url) else contextlib.nullcontext()
         )
+        # The previous state of locations, as raw driver values (type_coerce to Text skips the
+        # JSON and datetime processing): JSON texts are compared as text, and last_scanned goes
+        # back to the database unchanged.
+        loc_c = LOCATION.c
+        every_location = select(
+            loc_c.ref,
+            loc_c.source,
+            loc_c.fingerprint_sha256,
+            loc_c.last_fingerprint_sha256,
+            type_coerce(loc_c.problems, Text),
+            type_coerce(loc_c.chain, Text),
+            type_coerce(loc_c.last_scanned, Text),
+        )
+        self._every_location_sql = str(every_location.compile(dialect=engine.dialect))
+        self._some_locations = every_location.where(
+            loc_c.ref.in_(bindparam("refs", expanding=True))
+        )
+
         insert = self._insert
         c = CERTIFICATE.c
         new_certs = insert(CERTIFICATE).on_conflict_do_nothing(
@@ -400,8 +467,8 @@ class Inventory:
         * Timestamps: a location's ``first_seen``/``last_scanned``/``last_changed`` and a
           sighting's ``first_seen``/``last_seen`` are the observation's ``observed_at``, exactly.
           A certificate's ``first_seen`` too; its ``last_seen`` (seen anywhere) is exact when a
-          location starts presenting it and otherwise refreshed at most once per UTC hour (see
-          :data:`CERTIFICATE_REFRESH`). Events are stamped ``now`` (when the inventory learnt
+          location starts presenting it, and otherwise refreshed once per UTC hour (see
+          :func:`_hour` for why). Events are stamped ``now`` (when the inventory learnt
           the change), so event time never goes backwards along event ids.
         * Certificates: the leaf and every chain certificate are stored once each and sighted at
           the location; ``path`` (the trust walk, which may add an anchor the peer did not
@@ -417,11 +484,10 @@ class Inventory:
         at = now.astimezone(UTC)
         latest: dict[str, Observation] = {}
         for obs in observations:
-            require_aware(obs.observed_at, f"observed_at of {obs.ref}")
-            latest[obs.ref] = obs
+            latest[obs.ref] = obs  # observed_at is checked where it is encoded, in _plan()
         if not latest:
             return []
-        with self._write() as conn:
+        with _gc_paused(len(latest)), self._write() as conn:
             if self._dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_PG_RECORD_LOCK)))
             prior = self._prior_locations(conn, list(latest))
@@ -456,7 +522,10 @@ class Inventory:
             problems_json = json_text(canonical_codes(obs.problems)) if obs.problems else "[]"
             details = json_text([p.to_dict() for p in obs.problems]) if obs.problems else "[]"
             labels = json_text(dict(obs.labels)) if obs.labels else "{}"
-            when = ts(obs.observed_at)
+            try:
+                when = ts(obs.observed_at)  # raises ValueError for a naive datetime
+            except ValueError as e:
+                raise ValueError(f"observed_at of {obs.ref}: {e}") from None
             fp = obs.leaf.fingerprint_sha256 if obs.leaf is not None else None
             p = prior.get(obs.ref)
             if (
@@ -470,7 +539,13 @@ class Inventory:
                     (obs.target, details, obs.error, labels, when, run_id, obs.ref)
                 )
                 plan.extend_rows.append((when, obs.ref, p.last_scanned))
-                if _hour(when) != _hour(p.last_scanned):
+                previous = p.last_scanned
+                # Slicing the text inline: this runs for every steady location.
+                if (
+                    when[:13] != previous[:13]
+                    if isinstance(when, str) and isinstance(previous, str)
+                    else _hour(when) != _hour(previous)
+                ):
                     for info in infos:
                         plan.touch(info.fingerprint_sha256, when)
                 continue
@@ -595,16 +670,9 @@ class Inventory:
             for event_id, d in zip(ids, drafts, strict=True)
         ]
         self._insert_events.run(conn, rows)
+        # Positional: keyword construction of 200k frozen dataclasses is measurably slower.
         return [
-            Event(
-                id=event_id,
-                at=at,
-                kind=d.kind,
-                ref=d.ref,
-                fingerprint_sha256=d.fingerprint,
-                code=d.code,
-                detail=d.detail,
-            )
+            Event(event_id, at, d.kind, d.ref, d.fingerprint, d.code, d.detail)
             for event_id, d in zip(ids, drafts, strict=True)
         ]
 
@@ -751,19 +819,6 @@ class Inventory:
             raise engines.describe(self._url, self._engine, e) from e
 
     def _prior_locations(self, conn: Connection, refs: Sequence[str]) -> dict[str, PriorLocation]:
-        # Raw driver values (type_coerce to Text skips the JSON and datetime processing): the
-        # JSON texts are compared as text, last_scanned goes back to the database as is.
-        loc = LOCATION.c
-        every = select(
-            loc.ref,
-            loc.source,
-            loc.fingerprint_sha256,
-            loc.last_fingerprint_sha256,
-            type_coerce(loc.problems, Text),
-            type_coerce(loc.chain, Text),
-            type_coerce(loc.last_scanned, Text),
-        )
-        stmt = every.where(loc.ref.in_(bindparam("refs", expanding=True)))
         out: dict[str, PriorLocation] = {}
         make = PriorLocation._make
         if self._dialect == "sqlite" and len(refs) >= _FULL_SCAN_FRACTION * _rowid_bound(
@@ -772,12 +827,12 @@ class Inventory:
             # The batch covers much of the table (a full periodic scan): one sequential pass is
             # several times faster than as many B-tree probes from IN lists.
             wanted = set(refs)
-            for row in conn.execute(every).all():
+            for row in _driver_rows(conn, self._every_location_sql):
                 if row[0] in wanted:
                     out[row[0]] = make(row[1:])
             return out
         for chunk in _chunks(refs):
-            for row in conn.execute(stmt, {"refs": list(chunk)}).all():
+            for row in conn.execute(self._some_locations, {"refs": list(chunk)}).all():
                 out[row[0]] = make(row[1:])
         return out
 

@@ -72,7 +72,7 @@ class LocationRow(SQLModel, table=True):
     target: str = Field(sa_type=Text)
     # What the location holds now; NULL when the last scan saw no certificate (refused, timeout).
     fingerprint_sha256: str | None = Field(
-        default=None, foreign_key="certificate.fingerprint_sha256", index=True, max_length=64
+        default=None, foreign_key="certificate.fingerprint_sha256", max_length=64
     )
     # The last leaf ever seen here, kept across failed scans, so an endpoint that was down and
     # comes back with the same certificate is not reported as a certificate change. No foreign
