@@ -126,29 +126,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="any store URL instead of --db (e.g. postgresql+psycopg://)")
     args = parser.parse_args(argv)
 
-    tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.url:
-        url = args.url
-        db_path: Path | None = None
-    else:
-        if args.db:
-            db_path = Path(args.db)
-        else:
-            tmp = tempfile.TemporaryDirectory(prefix="certpilot-bench-")
-            db_path = Path(tmp.name) / "inventory.db"
+        return run(args.rows, args.url, None)
+    if args.db:
+        db_path = Path(args.db)
         if db_path.exists():
             print(f"{db_path} exists; pass a new path", file=sys.stderr)
             return 2
-        url = f"sqlite:///{db_path}"
+        return run(args.rows, f"sqlite:///{db_path}", db_path)
+    # Removed even when the run fails or its output pipe closes early.
+    with tempfile.TemporaryDirectory(prefix="certpilot-inventory-upsert-") as tmp:
+        db_path = Path(tmp) / "inventory.db"
+        return run(args.rows, f"sqlite:///{db_path}", db_path)
 
+
+def run(rows: int, url: str, db_path: Path | None) -> int:
     t0 = time.perf_counter()
-    rounds = build(args.rows)
+    batches = build(rows)
     build_s = time.perf_counter() - t0
 
     results: list[dict[str, object]] = []
     inventory = Inventory.open(url)
     try:
-        for (name, minutes, _), batch in zip(ROUNDS, rounds, strict=True):
+        for (name, minutes, _), batch in zip(ROUNDS, batches, strict=True):
             t0 = time.perf_counter()
             events = inventory.record(batch, now=START + timedelta(minutes=minutes))
             seconds = time.perf_counter() - t0
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if db_path is not None:
         size = sum(p.stat().st_size for p in (db_path, Path(f"{db_path}-wal")) if p.exists())
 
-    print(f"{'round':<8} {'observations':>12} {'events':>8} {'seconds':>8} {'obs/s':>9}")
+    print(f"{'round':<9} {'observations':>12} {'events':>8} {'seconds':>8} {'obs/s':>9}")
     for r in results:
         print(
-            f"{r['round']:<8} {r['observations']:>12} {r['events']:>8} "
+            f"{r['round']:<9} {r['observations']:>12} {r['events']:>8} "
             f"{r['seconds']:>8.3f} {r['obs_per_s']:>9}"
         )
     print(
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "benchmark": "inventory_upsert",
         "backend": url.split(":", 1)[0],
-        "rows": args.rows,
+        "rows": rows,
         "rounds": results,
         "certificates": certificates,
         "db_bytes": size,
@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "sqlite": sqlite3.sqlite_version,
         "cpus": os.cpu_count(),
     }
-    print(json.dumps(summary, separators=(",", ":")))
-    if tmp is not None:
-        tmp.cleanup()
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
     return 0
 
 

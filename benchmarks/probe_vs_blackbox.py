@@ -23,15 +23,21 @@ timing. Measured per round:
   is this Python process: its CPU is reported separately and **not** charged to blackbox.
   nginx's CPU (the server side, same for both) is reported for context;
 * peak RSS per process: ``VmHWM`` from ``/proc/PID/status``, reset before each round by writing
-  ``5`` to ``/proc/PID/clear_refs`` (Linux), so it is the peak within the round.
+  ``5`` to ``/proc/PID/clear_refs`` (Linux), so it is the peak within the round;
+* "other load": machine-wide busy CPU outside the tool, driver and nginx processes (other
+  sessions on a shared machine, kernel softirq), as a share of all CPUs. Each round first waits
+  (up to ``--max-wait`` s) until the machine is at most ``--max-load`` busy; a round with a high
+  other load is noise, and the medians are what the summary compares.
 
 Every pool round starts fresh TlsProbers (one per chunk), so leaves are parsed cold in each
 round; the workers=1 row uses a new Scanner per round for the same reason.
 
 Usage: ``.venv/bin/python benchmarks/probe_vs_blackbox.py [--endpoints 1000] [--concurrency 100]
-[--rounds 3] [--workers 0]``. Prints a table and one JSON line. Imports of the harness live
-inside functions: spawn workers re-import this file as ``__mp_main__``, and must not pay for
-aiohttp or psutil in their RSS.
+[--rounds 3] [--workers 0]``. Prints a table and one JSON line (the last line); exits 1 when the
+run is invalid. The run directory (1,000 private keys) is removed at the end unless ``--keep``.
+
+Imports of the harness live inside functions: spawn workers re-import this file as
+``__mp_main__``, and must not pay for aiohttp or psutil in their RSS.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import ssl
 import statistics
@@ -120,7 +127,7 @@ def machine_busy_seconds() -> float:
     import psutil
 
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
 
 
 async def wait_quiet(max_load: float, max_wait: float) -> float:
@@ -349,26 +356,18 @@ def machine(nginx_bin: str, bb_bin: str) -> dict[str, Any]:
 # -- main --------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> int:
+async def measure(
+    args: argparse.Namespace, work: Path, nginx_bin: str, bb_bin: str, workers: int
+) -> list[Round]:
+    """Start nginx and the exporter under ``work``, run the alternating rounds, stop both."""
     import aiohttp
 
     from certpilot.domain.clock import SystemClock
     from scanner.runner import Scanner, ScanOptions, warm_up
     from scanner.tls_endpoint import ProbeSettings
-    from tests.support.services import BlackboxExporter, NginxFleet, find_binary
+    from tests.support.services import BlackboxExporter, NginxFleet
 
-    nginx_bin = find_binary("nginx")
-    bb_bin = find_binary("prometheus-blackbox-exporter") or find_binary("blackbox_exporter")
-    if nginx_bin is None or bb_bin is None:
-        print("needs nginx and prometheus-blackbox-exporter (apt-get install ...)", file=sys.stderr)
-        return 2
-    workers = args.workers or os.cpu_count() or 1
-    # SIGTERM (timeout, CI cancel) unwinds like Ctrl-C, so nginx and the exporter are stopped.
-    main_task = asyncio.current_task()
-    if main_task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    work = Path(tempfile.mkdtemp(prefix="certpilot-bench-"))
-    info = machine(nginx_bin, bb_bin)
+    rounds: list[Round] = []
     t0 = time.perf_counter()
     fleet = NginxFleet(
         work / "nginx",
@@ -385,7 +384,6 @@ async def run(args: argparse.Namespace) -> int:
     fleet.issued.clear()  # keys and certificates are on disk; keep this process lean
     targets = fleet.targets()
     ports = [ep.port for ep in fleet.endpoints]
-    rounds: list[Round] = []
     with fleet, BlackboxExporter(work / "blackbox", ca_file=fleet.ca_file, binary=bb_bin) as bb:
         assert bb.pid is not None
         nginx_pids = [p for p in [fleet.pid, *fleet.worker_pids()] if p is not None]
@@ -440,6 +438,31 @@ async def run(args: argparse.Namespace) -> int:
                         print(_progress(r), file=sys.stderr)
             finally:
                 pooled.close()
+    return rounds
+
+
+async def run(args: argparse.Namespace) -> int:
+    from tests.support.services import find_binary
+
+    nginx_bin = find_binary("nginx")
+    bb_bin = find_binary("prometheus-blackbox-exporter") or find_binary("blackbox_exporter")
+    if nginx_bin is None or bb_bin is None:
+        print("needs nginx and prometheus-blackbox-exporter (apt-get install ...)", file=sys.stderr)
+        return 2
+    workers = args.workers or os.cpu_count() or 1
+    # SIGTERM (timeout, CI cancel) unwinds like Ctrl-C, so nginx and the exporter are stopped.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    info = machine(nginx_bin, bb_bin)
+    work = Path(tempfile.mkdtemp(prefix="probe-vs-blackbox-", dir=args.workdir))
+    try:
+        rounds = await measure(args, work, nginx_bin, bb_bin, workers)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # 1,000 private keys: do not leave them
 
     groups: dict[tuple[str, int], list[Round]] = {}
     for r in rounds:
@@ -513,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         help="start a round only when the machine is at most this busy (0-1; other sessions)",
     )
     p.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for that")
+    p.add_argument("--workdir", default=None, help="parent of the run's private directory")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
     return asyncio.run(run(p.parse_args(argv)))
 
 

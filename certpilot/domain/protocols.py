@@ -23,7 +23,9 @@ class Prober(Protocol):
 class ObservationSink(Protocol):
     """Where scan results go (the inventory store implements it)."""
 
-    def record(self, observations: Sequence[Observation]) -> object: ...
+    def record(
+        self, observations: Sequence[Observation], *, now: datetime, run_id: int | None = None
+    ) -> list[Event]: ...
 
 
 class InventoryReader(Protocol):

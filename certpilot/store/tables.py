@@ -71,6 +71,8 @@ class LocationRow(SQLModel, table=True):
     source: str = Field(index=True)
     target: str = Field(sa_type=Text)
     # What the location holds now; NULL when the last scan saw no certificate (refused, timeout).
+    # Not indexed on purpose: fingerprints arrive in random order, and that index doubled the
+    # cost of adding 100k locations; "where is this certificate?" is sighting's fingerprint index.
     fingerprint_sha256: str | None = Field(
         default=None, foreign_key="certificate.fingerprint_sha256", max_length=64
     )

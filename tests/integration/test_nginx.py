@@ -19,7 +19,7 @@ from certpilot.domain.clock import SystemClock
 from certpilot.domain.model import EndpointTarget, Observation
 from certpilot.domain.problems import ProblemCode
 from certpilot.localca import Issued, LocalCA
-from scanner.runner import Scanner, ScanOptions
+from scanner.runner import Scanner, ScanOptions, warm_up
 from tests.support.services import NginxFleet, require_binary
 
 pytestmark = pytest.mark.service("nginx")
@@ -124,6 +124,25 @@ async def test_all_endpoints_in_one_scan_keep_order(deployed: Deployed) -> None:
         {ProblemCode.INCOMPLETE_CHAIN},
         {ProblemCode.EXPIRED},
     ]
+
+
+async def test_worker_pool_gives_the_same_verdicts(deployed: Deployed) -> None:
+    """The spawn pool (what large fleets use) pickles targets and observations both ways."""
+    names = [FULL, NOCHAIN, EXPIRED]
+    options = ScanOptions(ca_files=(str(deployed.ca_file),), use_system_trust=False, workers=2)
+    with Scanner(options, SystemClock()) as scanner:
+        warm_up(scanner, 2)
+        observations = await scanner.probe([deployed.fleet.endpoint(n).target() for n in names])
+    assert [o.host for o in observations] == names
+    assert [set(o.codes) for o in observations] == [
+        set(),
+        {ProblemCode.INCOMPLETE_CHAIN},
+        {ProblemCode.EXPIRED},
+    ]
+    assert [o.leaf.serial if o.leaf else None for o in observations] == [
+        serial_of(deployed.issued[n]) for n in names
+    ]
+    assert [len(o.chain) for o in observations] == [2, 1, 2]
 
 
 async def wait_for_serial(d: Deployed, name: str, serial: str) -> Observation:
