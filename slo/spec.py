@@ -315,8 +315,9 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
         total: str
         if "events" in sli:
             ev = sli["events"]
-            err, total = (ev or {}).get("error_query"), (ev or {}).get("total_query")
-            for key, q in (("error_query", err), ("total_query", total)):
+            queries: list[str] = []
+            for key in ("error_query", "total_query"):
+                q = (ev or {}).get(key)
                 if not isinstance(q, str) or "{{.window}}" not in q:
                     raise ConfigError(
                         source,
@@ -324,6 +325,8 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
                         "expected a PromQL query containing {{.window}}",
                         q,
                     )
+                queries.append(q)
+            err, total = queries
         elif "plugin" in sli:
             pid = (sli["plugin"] or {}).get("id")
             if (
