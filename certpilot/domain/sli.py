@@ -1,0 +1,80 @@
+"""SLI events: the unit of work every SLO counts (schema documented in ``slo/spec.py``).
+
+Rooms emit them (scanner cycle: ``valid_ratio``, ``discovery_coverage``; remediator:
+``renewal_success``, ``issuance_latency``, ``complete_deployments``, ``compromise_replacement``);
+the store keeps them and cumulative counters; ``slo`` evaluates them; ``/metrics`` exports them
+as ``certpilot_sli_events_total{sli, result}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from certpilot.domain.inventory import InventoryItem
+from certpilot.domain.model import Observation
+from certpilot.domain.problems import REACHABILITY_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class SLIEvent:
+    """One counted unit of work. ``value`` carries a measurement when the SLI has one
+    (issuance latency in seconds), ``ref`` the location or job it is about."""
+
+    at: datetime
+    sli: str
+    good: bool
+    ref: str = ""
+    value: float | None = None
+    detail: str = ""
+
+    @property
+    def result(self) -> str:
+        return "good" if self.good else "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class SLISample:
+    """Cumulative counters of one SLI at one instant, as Prometheus would scrape them."""
+
+    at: datetime
+    sli: str
+    good_total: float
+    bad_total: float
+
+    @property
+    def total(self) -> float:
+        return self.good_total + self.bad_total
+
+
+def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> list[SLIEvent]:
+    """M1: one event per endpoint probe; good when the endpoint has no problem at all.
+
+    "No problem" includes "not expiring": the judge's expiring rule is the policy's share of
+    lifetime, so a good event means a valid certificate with enough lifetime left.
+    """
+    out: list[SLIEvent] = []
+    for o in observations:
+        if o.source != "tls":
+            continue
+        detail = ",".join(c.value for c in o.codes)
+        out.append(SLIEvent(at, "valid_ratio", not o.problems, o.ref, detail=detail))
+    return out
+
+
+def coverage_events(
+    items: Sequence[InventoryItem], at: datetime, max_age: timedelta = timedelta(minutes=15)
+) -> list[SLIEvent]:
+    """Discovery coverage: one event per known endpoint; good when it was probed (and
+    answered) within ``max_age``."""
+    out: list[SLIEvent] = []
+    for it in items:
+        if it.source != "tls":
+            continue
+        fresh = at - it.last_scanned <= max_age
+        unreachable = any(c in REACHABILITY_CODES for c in it.problems)
+        good = fresh and not unreachable
+        detail = "" if good else ("unreachable" if unreachable else "stale")
+        out.append(SLIEvent(at, "discovery_coverage", good, it.ref, detail=detail))
+    return out
