@@ -403,6 +403,16 @@ async def measure(
 
         clock = SystemClock()
         pooled = Scanner(options(workers), clock)
+
+        async def certpilot(w: int, i: int) -> Round:
+            waited = await wait_quiet(args.max_load, args.max_wait)
+            if w > 1:
+                return await certpilot_round(pooled, targets, w, i, bb.pid, nginx_pids, waited)
+            # In-process: a new Scanner per round, so its parse cache starts cold like the
+            # pool's (which makes a new TlsProber per chunk).
+            with Scanner(options(1), clock) as single:
+                return await certpilot_round(single, targets, 1, i, bb.pid, nginx_pids, waited)
+
         timeout = aiohttp.ClientTimeout(total=args.timeout * 3)
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -415,27 +425,18 @@ async def measure(
                 await blackbox_round(session, bb, ports[:n_warm], args.concurrency, -1, [], 0.0)
                 for i in range(args.rounds):
                     # certpilot pool, blackbox, certpilot in-process: each after a quiet check.
+                    rounds.append(await certpilot(workers, i))
+                    print(_progress(rounds[-1]), file=sys.stderr)
                     waited = await wait_quiet(args.max_load, args.max_wait)
-                    r = await certpilot_round(
-                        pooled, targets, workers, i, bb.pid, nginx_pids, waited
+                    rounds.append(
+                        await blackbox_round(
+                            session, bb, ports, args.concurrency, i, nginx_pids, waited
+                        )
                     )
-                    rounds.append(r)
-                    print(_progress(r), file=sys.stderr)
-                    waited = await wait_quiet(args.max_load, args.max_wait)
-                    r = await blackbox_round(
-                        session, bb, ports, args.concurrency, i, nginx_pids, waited
-                    )
-                    rounds.append(r)
-                    print(_progress(r), file=sys.stderr)
+                    print(_progress(rounds[-1]), file=sys.stderr)
                     if workers != 1:
-                        # A new Scanner per round: its parse cache starts cold, like the pool's.
-                        with Scanner(options(1), clock) as single:
-                            waited = await wait_quiet(args.max_load, args.max_wait)
-                            r = await certpilot_round(
-                                single, targets, 1, i, bb.pid, nginx_pids, waited
-                            )
-                        rounds.append(r)
-                        print(_progress(r), file=sys.stderr)
+                        rounds.append(await certpilot(1, i))
+                        print(_progress(rounds[-1]), file=sys.stderr)
             finally:
                 pooled.close()
     return rounds

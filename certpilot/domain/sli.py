@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
-from certpilot.domain.problems import REACHABILITY_CODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +65,12 @@ def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> lis
 def coverage_events(
     items: Sequence[InventoryItem], at: datetime, max_age: timedelta = timedelta(minutes=15)
 ) -> list[SLIEvent]:
-    """Discovery coverage: one event per known endpoint; good when it was probed (and
-    answered) within ``max_age``."""
+    """Discovery coverage: one event per known endpoint; good when it was probed within
+    ``max_age`` (whatever the probe found: reachability is ``valid_ratio``'s business)."""
     out: list[SLIEvent] = []
     for it in items:
         if it.source != "tls":
             continue
-        fresh = at - it.last_scanned <= max_age
-        unreachable = any(c in REACHABILITY_CODES for c in it.problems)
-        good = fresh and not unreachable
-        detail = "" if good else ("unreachable" if unreachable else "stale")
-        out.append(SLIEvent(at, "discovery_coverage", good, it.ref, detail=detail))
+        good = at - it.last_scanned <= max_age
+        out.append(SLIEvent(at, "discovery_coverage", good, it.ref, detail="" if good else "stale"))
     return out
