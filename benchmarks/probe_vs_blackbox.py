@@ -386,6 +386,7 @@ async def measure(
     ports = [ep.port for ep in fleet.endpoints]
     with fleet, BlackboxExporter(work / "blackbox", ca_file=fleet.ca_file, binary=bb_bin) as bb:
         assert bb.pid is not None
+        bb_pid = bb.pid
         nginx_pids = [p for p in [fleet.pid, *fleet.worker_pids()] if p is not None]
         print(
             f"nginx PID {fleet.pid} (workers {fleet.worker_pids()}), "
@@ -407,11 +408,11 @@ async def measure(
         async def certpilot(w: int, i: int) -> Round:
             waited = await wait_quiet(args.max_load, args.max_wait)
             if w > 1:
-                return await certpilot_round(pooled, targets, w, i, bb.pid, nginx_pids, waited)
+                return await certpilot_round(pooled, targets, w, i, bb_pid, nginx_pids, waited)
             # In-process: a new Scanner per round, so its parse cache starts cold like the
             # pool's (which makes a new TlsProber per chunk).
             with Scanner(options(1), clock) as single:
-                return await certpilot_round(single, targets, 1, i, bb.pid, nginx_pids, waited)
+                return await certpilot_round(single, targets, 1, i, bb_pid, nginx_pids, waited)
 
         timeout = aiohttp.ClientTimeout(total=args.timeout * 3)
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)

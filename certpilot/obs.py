@@ -37,6 +37,7 @@ from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode
 from certpilot.domain.protocols import InventoryReader
+from certpilot.domain.sli import SLI_IDS
 
 log = logging.getLogger("certpilot.obs")
 
@@ -428,6 +429,49 @@ def _families() -> list[GaugeMetricFamily]:
 # The facade the app wires
 
 
+JOB_STATES: tuple[str, ...] = (
+    "pending_approval",
+    "approved",
+    "issuing",
+    "deploying",
+    "verifying",
+    "done",
+    "failed",
+    "rolled_back",
+)
+ISSUANCE_LATENCY_BUCKETS: tuple[float, ...] = (
+    1,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    float("inf"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SLOGauges:
+    """One SLO's evaluation as plain numbers (None: no data yet, exported as NaN)."""
+
+    sloth_id: str
+    service: str
+    slo: str
+    objective_ratio: float
+    windows: Mapping[str, tuple[float | None, float | None]]  # window -> (error ratio, burn)
+    budget_remaining_ratio: float | None
+    period_burn_rate: float | None
+    firing: Mapping[str, bool]  # severity -> firing
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 class Metrics:
     """All of certpilot's series on one injected registry.
 
@@ -510,6 +554,68 @@ class Metrics:
             ["source", "reason"],
             registry=registry,
         )
+        self.sli_events = Counter(
+            "certpilot_sli_events_total",
+            "SLI events (one unit of work each, see slo/spec.py) by SLI and result; continues "
+            "from the stored counters after a restart.",
+            ["sli", "result"],
+            registry=registry,
+        )
+        for sli in SLI_IDS:
+            self.sli_events.labels(sli, "good")
+            self.sli_events.labels(sli, "bad")
+        slo_labels = ["sloth_id", "sloth_service", "sloth_slo"]
+        self.slo_objective = Gauge(
+            "certpilot_slo_objective_ratio",
+            "SLO objective as a ratio (0.995).",
+            slo_labels,
+            registry=registry,
+        )
+        self.slo_error_ratio = Gauge(
+            "certpilot_slo_error_ratio",
+            "Error ratio of the SLI over a window, computed in-process with Prometheus's rate() "
+            "semantics (Sloth's slo:sli_error:ratio_rate<window>).",
+            [*slo_labels, "window"],
+            registry=registry,
+        )
+        self.slo_burn_rate = Gauge(
+            "certpilot_slo_burn_rate",
+            "Error ratio over a window divided by the error budget (1 - objective).",
+            [*slo_labels, "window"],
+            registry=registry,
+        )
+        self.slo_budget_remaining = Gauge(
+            "certpilot_slo_error_budget_remaining_ratio",
+            "Share of the period's error budget left (negative when overspent).",
+            slo_labels,
+            registry=registry,
+        )
+        self.slo_period_burn = Gauge(
+            "certpilot_slo_period_burn_rate",
+            "Burn rate over the whole SLO period.",
+            slo_labels,
+            registry=registry,
+        )
+        self.slo_alert = Gauge(
+            "certpilot_slo_alert_firing",
+            "1 when the multi-window multi-burn-rate condition of this severity holds.",
+            [*slo_labels, "severity"],
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            "certpilot_jobs",
+            "Remediation jobs by state.",
+            ["state"],
+            registry=registry,
+        )
+        for state in JOB_STATES:
+            self.jobs.labels(state).set(0)
+        self.issuance_latency = Histogram(
+            "certpilot_issuance_latency_seconds",
+            "Time from ordering a certificate to verifying it is served everywhere.",
+            buckets=ISSUANCE_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.collector = InventoryCollector(
             inventory,
             clock,
@@ -563,6 +669,26 @@ class Metrics:
             self.scan_duration.labels(source).observe(max(0.0, duration_seconds))
             self.scan_last_run.labels(source).set(self._clock.now().timestamp())
             self.source_up.labels(source).set(1.0 if read_any or not observations else 0.0)
+
+    def observe_sli(self, increments: Mapping[str, tuple[float, float]]) -> None:
+        """Advance ``certpilot_sli_events_total`` by ``{sli: (good, bad)}``."""
+        with self._lock:
+            for sli, (good, bad) in increments.items():
+                self.sli_events.labels(sli, "good").inc(good)
+                self.sli_events.labels(sli, "bad").inc(bad)
+
+    def observe_slo(self, status: SLOGauges) -> None:
+        """Publish one SLO evaluation (plain values: obs does not import the slo room)."""
+        ids = (status.sloth_id, status.service, status.slo)
+        with self._lock:
+            self.slo_objective.labels(*ids).set(status.objective_ratio)
+            for window, (ratio, burn) in status.windows.items():
+                self.slo_error_ratio.labels(*ids, window).set(_nan(ratio))
+                self.slo_burn_rate.labels(*ids, window).set(_nan(burn))
+            self.slo_budget_remaining.labels(*ids).set(_nan(status.budget_remaining_ratio))
+            self.slo_period_burn.labels(*ids).set(_nan(status.period_burn_rate))
+            for severity, firing in status.firing.items():
+                self.slo_alert.labels(*ids, severity).set(1.0 if firing else 0.0)
 
     def observe_source_error(self, source: str, reason: str) -> None:
         """A run of ``source`` failed as a whole (API down, sealed vault, bad credentials).

@@ -34,17 +34,10 @@ from typing import Any
 import yaml
 
 from certpilot.domain.errors import ConfigError
+from certpilot.domain.sli import SLI_IDS
 
 SLI_METRIC = "certpilot_sli_events_total"
 
-SLI_IDS: tuple[str, ...] = (
-    "valid_ratio",
-    "renewal_success",
-    "compromise_replacement",
-    "issuance_latency",
-    "complete_deployments",
-    "discovery_coverage",
-)
 
 # Sloth records the SLI error ratio over these windows (plus the SLO period).
 SLI_WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")

@@ -15,6 +15,15 @@ from datetime import datetime, timedelta
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
 
+SLI_IDS: tuple[str, ...] = (
+    "valid_ratio",
+    "renewal_success",
+    "compromise_replacement",
+    "issuance_latency",
+    "complete_deployments",
+    "discovery_coverage",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SLIEvent:

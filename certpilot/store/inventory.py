@@ -58,6 +58,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import ProblemCode
+from certpilot.domain.sli import SLIEvent, SLISample
 from certpilot.domain.x509 import CertInfo
 from certpilot.store import engine as engines
 from certpilot.store.changes import (
@@ -77,6 +78,9 @@ from certpilot.store.tables import (
     LOCATION,
     SCAN_RUN,
     SIGHTING,
+    SLI_COUNTER,
+    SLI_EVENT,
+    SLI_SAMPLE,
 )
 
 #: Rows per ``executemany`` call and values per ``IN (...)`` list. Well below SQLite's
@@ -791,6 +795,115 @@ class Inventory:
         with self._read() as conn:
             der = conn.execute(stmt).scalar_one_or_none()
         return bytes(der) if der is not None else None
+
+    # ------------------------------------------------------------------------- SLI events
+
+    def record_sli_events(self, events: Sequence[SLIEvent]) -> dict[str, tuple[float, float]]:
+        """Store SLI events and add them to the cumulative counters, in one transaction.
+
+        Returns the increments per SLI as ``{sli: (good, bad)}`` so the caller can advance its
+        Prometheus counters by exactly what was stored.
+        """
+        if not events:
+            return {}
+        for e in events:
+            require_aware(e.at, "SLIEvent.at")
+        inc: dict[str, list[float]] = {}
+        for e in events:
+            pair = inc.setdefault(e.sli, [0.0, 0.0])
+            pair[0 if e.good else 1] += 1.0
+        rows = [
+            {
+                "at": e.at,
+                "sli": e.sli,
+                "good": e.good,
+                "ref": e.ref,
+                "value": e.value,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+        c = SLI_COUNTER.c
+        with self._write() as conn:
+            for chunk in _chunks(rows):
+                conn.execute(self._insert(SLI_EVENT), list(chunk))
+            for sli, (good, bad) in sorted(inc.items()):
+                ins = self._insert(SLI_COUNTER).values(sli=sli, good_total=good, bad_total=bad)
+                conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[c.sli],
+                        set_={
+                            "good_total": c.good_total + ins.excluded.good_total,
+                            "bad_total": c.bad_total + ins.excluded.bad_total,
+                        },
+                    )
+                )
+        return {sli: (g, b) for sli, (g, b) in inc.items()}
+
+    def sli_counters(self) -> dict[str, tuple[float, float]]:
+        """Cumulative ``{sli: (good_total, bad_total)}``."""
+        with self._read() as conn:
+            rows = conn.execute(select(SLI_COUNTER)).all()
+        return {r.sli: (float(r.good_total), float(r.bad_total)) for r in rows}
+
+    def snapshot_sli(self, at: datetime) -> list[SLISample]:
+        """Append one sample of every SLI counter at ``at`` (like a scrape) and return them."""
+        require_aware(at, "at")
+        with self._write() as conn:
+            rows = conn.execute(select(SLI_COUNTER)).all()
+            samples = [SLISample(at, r.sli, float(r.good_total), float(r.bad_total)) for r in rows]
+            if samples:
+                ins = self._insert(SLI_SAMPLE)
+                conn.execute(
+                    ins.on_conflict_do_nothing(index_elements=[SLI_SAMPLE.c.sli, SLI_SAMPLE.c.at]),
+                    [
+                        {
+                            "sli": x.sli,
+                            "at": x.at,
+                            "good_total": x.good_total,
+                            "bad_total": x.bad_total,
+                        }
+                        for x in samples
+                    ],
+                )
+        return samples
+
+    def sli_samples(self, sli: str, since: datetime) -> list[SLISample]:
+        """Samples of ``sli`` taken at or after ``since``, oldest first."""
+        require_aware(since, "since")
+        c = SLI_SAMPLE.c
+        stmt = select(c.at, c.good_total, c.bad_total).where(c.sli == sli, c.at >= since)
+        with self._read() as conn:
+            rows = conn.execute(stmt.order_by(c.at)).all()
+        return [SLISample(r.at, sli, float(r.good_total), float(r.bad_total)) for r in rows]
+
+    def sli_events(
+        self,
+        *,
+        sli: str | None = None,
+        since: datetime | None = None,
+        good: bool | None = None,
+        limit: int = 1000,
+    ) -> list[SLIEvent]:
+        """Stored SLI events, newest first (the drill-down of a burning SLO)."""
+        c = SLI_EVENT.c
+        stmt = select(SLI_EVENT)
+        if sli is not None:
+            stmt = stmt.where(c.sli == sli)
+        if since is not None:
+            stmt = stmt.where(c.at >= since)
+        if good is not None:
+            stmt = stmt.where(c.good == good)
+        with self._read() as conn:
+            rows = conn.execute(stmt.order_by(c.id.desc()).limit(limit)).all()
+        return [SLIEvent(r.at, r.sli, bool(r.good), r.ref, r.value, r.detail) for r in rows]
+
+    def prune_sli(self, before: datetime) -> None:
+        """Drop SLI events and samples older than ``before`` (counters are kept)."""
+        require_aware(before, "before")
+        with self._write() as conn:
+            conn.execute(SLI_EVENT.delete().where(SLI_EVENT.c.at < before))
+            conn.execute(SLI_SAMPLE.delete().where(SLI_SAMPLE.c.at < before))
 
     # ----------------------------------------------------------------------------- internals
 

@@ -125,6 +125,45 @@ class EventRow(SQLModel, table=True):
     detail: str = Field(default="", sa_type=Text)
 
 
+class SLIEventRow(SQLModel, table=True):
+    """One SLI event (certpilot.domain.sli.SLIEvent): the drill-down behind the counters."""
+
+    __tablename__ = "sli_event"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    sli: str = Field(max_length=64)
+    good: bool
+    ref: str = Field(default="", sa_type=Text)
+    value: float | None = None
+    detail: str = Field(default="", sa_type=Text)
+
+
+class SLICounterRow(SQLModel, table=True):
+    """Cumulative good/bad counts per SLI: the value ``certpilot_sli_events_total`` continues
+    from after a restart, and what every sample snapshots."""
+
+    __tablename__ = "sli_counter"
+
+    sli: str = Field(primary_key=True, max_length=64)
+    good_total: float = 0.0
+    bad_total: float = 0.0
+
+
+class SLISampleRow(SQLModel, table=True):
+    """The counters as sampled at one instant, like a Prometheus scrape: the engine applies
+    Prometheus's rate() to these, so its numbers agree with Prometheus's."""
+
+    __tablename__ = "sli_sample"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    sli: str = Field(primary_key=True, max_length=64)
+    at: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    good_total: float
+    bad_total: float
+
+
 def _table(model: Any) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -136,6 +175,18 @@ LOCATION = _table(LocationRow)
 SIGHTING = _table(SightingRow)
 EVENT = _table(EventRow)
 SCAN_RUN = _table(ScanRunRow)
+SLI_EVENT = _table(SLIEventRow)
+SLI_COUNTER = _table(SLICounterRow)
+SLI_SAMPLE = _table(SLISampleRow)
 
 #: Every table of the inventory, in dependency order (parents first).
-INVENTORY_TABLES: tuple[Table, ...] = (CERTIFICATE, SCAN_RUN, LOCATION, SIGHTING, EVENT)
+INVENTORY_TABLES: tuple[Table, ...] = (
+    CERTIFICATE,
+    SCAN_RUN,
+    LOCATION,
+    SIGHTING,
+    EVENT,
+    SLI_EVENT,
+    SLI_COUNTER,
+    SLI_SAMPLE,
+)
