@@ -93,6 +93,15 @@ class JudgeSettings(_Model):
         )
 
 
+class SLOSettings(_Model):
+    """Where SLO specs come from and how often they are evaluated."""
+
+    specs: tuple[str, ...] = ()  # Sloth prometheus/v1 files; empty: certpilot's presets
+    evaluation_interval: Duration = 60.0
+    coverage_max_age: Duration = 900.0
+    retention: Duration = 35 * 86400.0
+
+
 class EndpointSettings(_Model):
     host: str = Field(min_length=1)
     port: int = Field(default=443, ge=1, le=65535)
@@ -140,6 +149,7 @@ class Settings(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    slo: SLOSettings = Field(default_factory=SLOSettings)
     targets: TargetSettings = Field(default_factory=TargetSettings)
 
     @model_validator(mode="after")

@@ -58,7 +58,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import ProblemCode
-from certpilot.domain.sli import SLIEvent, SLISample
+from certpilot.domain.sli import SLI_IDS, SLIEvent, SLISample
 from certpilot.domain.x509 import CertInfo
 from certpilot.store import engine as engines
 from certpilot.store.changes import (
@@ -847,11 +847,19 @@ class Inventory:
         return {r.sli: (float(r.good_total), float(r.bad_total)) for r in rows}
 
     def snapshot_sli(self, at: datetime) -> list[SLISample]:
-        """Append one sample of every SLI counter at ``at`` (like a scrape) and return them."""
+        """Append one sample of every SLI counter at ``at`` (like a scrape) and return them.
+
+        Every SLI of ``certpilot.domain.sli.SLI_IDS`` is sampled, at 0 before its first event.
+        """
         require_aware(at, "at")
         with self._write() as conn:
             rows = conn.execute(select(SLI_COUNTER)).all()
-            samples = [SLISample(at, r.sli, float(r.good_total), float(r.bad_total)) for r in rows]
+            counts = {r.sli: (float(r.good_total), float(r.bad_total)) for r in rows}
+            # Every known SLI is sampled, at 0 before its first event, as Prometheus scrapes
+            # the pre-initialised counters: the first events then show up as a rate.
+            for sli in SLI_IDS:
+                counts.setdefault(sli, (0.0, 0.0))
+            samples = [SLISample(at, sli, g, b) for sli, (g, b) in sorted(counts.items())]
             if samples:
                 ins = self._insert(SLI_SAMPLE)
                 conn.execute(
