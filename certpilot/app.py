@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
+from slo.engine import SLOStatus
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event
@@ -27,6 +29,8 @@ from certpilot.settings import Settings
 from certpilot.store import Inventory
 from scanner.runner import Progress, Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
+from slo import service as slo_service
+from slo.spec import SLOSet
 
 log = logging.getLogger("certpilot.app")
 
@@ -61,21 +65,56 @@ async def scan_and_record(
     env: Mapping[str, str] | None = None,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """One scan cycle: probe, store (one transaction), update metrics."""
+    """One scan cycle: probe, store (one transaction), SLI events, update metrics."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     observations = await scanner.scan(targets, env=env, progress=progress)
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
+    sli = slo_service.scan_events(observations, clock.now())
+    increments = await asyncio.to_thread(slo_service.record_events, inventory, sli)
     duration = time.perf_counter() - started
     if metrics is not None:
+        metrics.observe_sli(increments)
         by_source: dict[str, list[Observation]] = {}
         for o in observations:
             by_source.setdefault(o.source, []).append(o)
         for kind in {"tls", "file"} | set(by_source):
             metrics.observe_scan(kind, by_source.get(kind, []), duration)
     return ScanResult(observations, events, duration)
+
+
+async def slo_cycle(
+    inventory: Inventory,
+    metrics: Metrics | None,
+    slo_set: SLOSet,
+    clock: Clock,
+    settings: Settings,
+) -> list[SLOStatus]:
+    """One SLO tick: coverage events, a counter sample, evaluation, gauges, retention."""
+    now = clock.now()
+    cov = await asyncio.to_thread(
+        slo_service.coverage_tick,
+        inventory,
+        now,
+        timedelta(seconds=settings.slo.coverage_max_age),
+    )
+    increments = await asyncio.to_thread(slo_service.record_events, inventory, cov)
+    await asyncio.to_thread(inventory.snapshot_sli, now)
+    statuses = await asyncio.to_thread(
+        slo_service.evaluate_all,
+        slo_set,
+        inventory,
+        now,
+        eval_interval=settings.slo.evaluation_interval,
+    )
+    await asyncio.to_thread(inventory.prune_sli, now - timedelta(seconds=settings.slo.retention))
+    if metrics is not None:
+        metrics.observe_sli(increments)
+        for st in statuses:
+            metrics.observe_slo(slo_service.gauges(st))
+    return statuses
 
 
 class Service:
@@ -136,7 +175,27 @@ class Service:
                         dict(counts) or "none",
                     )
 
+            slo_set = slo_service.load_slos(self.settings.slo.specs)
+            # Continue certpilot_sli_events_total from what is stored, so a restart is no reset.
+            metrics.observe_sli(await asyncio.to_thread(inventory.sli_counters))
+            # A sample before the first scan, so its events show up as a rate at once.
+            await asyncio.to_thread(inventory.snapshot_sli, self.clock.now())
+
+            async def slo_tick() -> None:
+                try:
+                    await slo_cycle(inventory, metrics, slo_set, self.clock, self.settings)
+                except Exception:
+                    log.exception("SLO evaluation failed")
+
             scheduler = AsyncIOScheduler(timezone="UTC")
+            scheduler.add_job(
+                slo_tick,
+                "interval",
+                seconds=self.settings.slo.evaluation_interval,
+                max_instances=1,
+                coalesce=True,
+                id="slo",
+            )
             scheduler.add_job(
                 cycle,
                 "interval",

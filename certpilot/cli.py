@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--source", metavar="SOURCE", help="tls, file, ...")
     i.add_argument("--format", choices=["table", "json"], default="table")
 
+    so = sub.add_parser("slo", help="SLOs: error budgets and burn rates")
+    sosub = so.add_subparsers(dest="slo_command", metavar="ACTION", parser_class=_Parser)
+    sosub.required = True
+    ss = sosub.add_parser("status", help="budgets and burn rates per SLO, from the inventory")
+    ss.add_argument("--db", metavar="URL", help="store URL (default: from --config)")
+    ss.add_argument("--config", metavar="FILE")
+    ss.add_argument(
+        "--slo-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Sloth prometheus/v1 spec (repeatable; default: certpilot's presets)",
+    )
+    ss.add_argument("--format", choices=["table", "json"], default="table")
+
     c = sub.add_parser("config", help="configuration helpers")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     csub.required = True
@@ -147,12 +162,53 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the service: scheduled scans, inventory, /metrics")
     r.add_argument("--config", required=True, metavar="FILE")
 
+    ru = sub.add_parser("rules", help="Prometheus rules and Alertmanager routing from SLO specs")
+    rusub = ru.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_Parser)
+    rusub.required = True
+    rg = rusub.add_parser(
+        "generate",
+        help="write alerts/: SLO and symptom rules, alertmanager.yml",
+        description="Write Sloth-compatible SLO rules, symptom rules and the Alertmanager "
+        "config. Without --slo-file, the built-in certificate SLOs are used. With --check, "
+        "write nothing and exit 1 when the files in --out differ from what would be written.",
+    )
+    rg.add_argument(
+        "--slo-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Sloth prometheus/v1 SLO spec (repeatable; default: certpilot's presets)",
+    )
+    rg.add_argument(
+        "--out", type=Path, default=Path("alerts"), metavar="DIR", help="default alerts"
+    )
+    rg.add_argument("--check", action="store_true", help="only compare with the files in --out")
+
     d = sub.add_parser("demo", help="see certpilot work on a loopback fleet, no setup")
     d.add_argument("--serve", action="store_true", help="keep the HTTP server up afterwards")
     d.add_argument("--port", type=int, default=9795, help="HTTP port with --serve (0: any free)")
     d.add_argument(
         "--state-dir", type=Path, help="where the demo keeps its files (default: .certpilot-demo)"
     )
+    d.add_argument(
+        "--rescan",
+        type=_duration,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --serve, pause between rescans (default 30s)",
+    )
+
+    g = sub.add_parser("dashboards", help="Grafana dashboards built from code")
+    gsub = g.add_subparsers(dest="dashboards_command", metavar="ACTION", parser_class=_Parser)
+    gsub.required = True
+    gg = gsub.add_parser(
+        "generate",
+        help="write dashboards/*.json",
+        description="Write certpilot's Grafana dashboards (classic JSON) into DIR. With "
+        "--check, write nothing: exit 1 naming each file that differs from the generator.",
+    )
+    gg.add_argument("--out", type=Path, default=Path("dashboards"), metavar="DIR")
+    gg.add_argument("--check", action="store_true", help="compare instead of writing")
     return p
 
 
@@ -251,12 +307,7 @@ def _inventory(args: argparse.Namespace) -> int:
     from certpilot.store import Inventory
 
     url = _store_url(args)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise ConfigError(
-                "--db", "", f"no inventory at {path}: run a scan with --db first", url
-            )
+    _require_db(url)
     inventory = Inventory.open(url)
     try:
         now = SystemClock().now()
@@ -273,6 +324,42 @@ def _inventory(args: argparse.Namespace) -> int:
         out.print(inventory_table(items, now))
         out.print(f"{len(items)} items")
     return EXIT_PROBLEMS if any(it.problems for it in items) else EXIT_OK
+
+
+def _slo_status(args: argparse.Namespace) -> int:
+    from certpilot.report import slo_table
+    from certpilot.store import Inventory
+    from slo import service as slo_service
+
+    url = _store_url(args)
+    _require_db(url)
+    specs = list(args.slo_file)
+    if not specs and args.config:
+        specs = list(load_settings(args.config).slo.specs)
+    slo_set = slo_service.load_slos(specs)
+    inventory = Inventory.open(url)
+    try:
+        statuses = slo_service.evaluate_all(slo_set, inventory, SystemClock().now())
+    finally:
+        inventory.close()
+    if args.format == "json":
+        json.dump([st.to_dict() for st in statuses], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        out = _console()
+        out.print(slo_table(statuses))
+        firing = [st.slo.name for st in statuses if st.firing_severity]
+        out.print(f"{len(statuses)} SLOs, {len(firing)} burning their budget too fast")
+    return EXIT_PROBLEMS if any(st.firing_severity for st in statuses) else EXIT_OK
+
+
+def _require_db(url: str) -> None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ConfigError(
+                "--db", "", f"no inventory at {path}: run a scan with --db first", url
+            )
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -302,11 +389,53 @@ async def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rules(args: argparse.Namespace) -> int:
+    from slo import rules
+    from slo.spec import default_slos, load_sloth
+
+    slo_sets = [load_sloth(f) for f in args.slo_file] or [default_slos()]
+    if args.check:
+        stale = rules.check(slo_sets, args.out)
+        for name in stale:
+            print(f"{name}: differs from the generator (run: certpilot rules generate)")
+        if stale:
+            return EXIT_PROBLEMS
+        print(f"{args.out}: up to date")
+        return EXIT_OK
+    for path in rules.generate(slo_sets, args.out):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from certpilot.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(state_dir=args.state_dir, serve=args.serve, port=args.port)
+    if args.rescan <= 0:
+        raise UsageError("--rescan", f"must be more than 0 seconds, got {args.rescan:g}")
+    opts = DemoOptions(
+        state_dir=args.state_dir, serve=args.serve, port=args.port, rescan_seconds=args.rescan
+    )
     return await run_demo(opts, SystemClock(), _console())
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from slo.dashboards import check_dashboards, write_dashboards
+
+    if args.check:
+        drift = check_dashboards(args.out)
+        for line in drift:
+            print(f"certpilot: {line}", file=sys.stderr)
+        if drift:
+            print(
+                "certpilot: run `certpilot dashboards generate` and commit the result",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEMS
+        print(f"{args.out}: dashboards up to date")
+        return EXIT_OK
+    for path in write_dashboards(args.out):
+        print(f"wrote {path}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,10 +454,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inventory(args)
         if args.command == "config":
             return _config_check(args)
+        if args.command == "slo":
+            return _slo_status(args)
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command == "rules":
+            return _rules(args)
         if args.command == "demo":
             return asyncio.run(_demo(args))
+        if args.command == "dashboards":
+            return _dashboards(args)
     except CertpilotError as e:
         print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,16 +20,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from certpilot.app import scan_and_record
+from certpilot.app import scan_and_record, slo_cycle
 from certpilot.domain.clock import Clock
 from certpilot.domain.model import FileTarget, Observation, Target
 from certpilot.fleet import Fleet, dns_failure_target, start_fleet
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
-from certpilot.report import grouped_report, scan_table
+from certpilot.report import grouped_report, scan_table, slo_table
+from certpilot.settings import Settings
 from certpilot.store import Inventory
 from scanner.runner import Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
+from slo import service as slo_service
 
 DEFAULT_STATE_DIR = ".certpilot-demo"
 
@@ -113,6 +115,8 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
         metrics = Metrics(registry, inventory, clock)
         targets: list[Target] = [*fleet.targets(), dns_failure_target()]
         targets.append(FileTarget(str(fleet.ca_file)))
+        # Counters sampled at 0 before the first scan, as Prometheus would scrape them.
+        inventory.snapshot_sli(clock.now())
         options_ = ScanOptions(
             probe=ProbeSettings(timeout=options.timeout),
             ca_files=(str(fleet.ca_file),),
@@ -155,9 +159,29 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
             if wrong:
                 console.print(Text(f"{wrong} endpoint(s) misclassified", style="bold red"))
 
+            _section(console, "4. SLOs: error budgets and burn rates")
+            settings = Settings()
+            slo_set = slo_service.load_slos(())
+            statuses = await slo_cycle(inventory, metrics, slo_set, clock, settings)
+            console.print(
+                "Every probe is an SLI event (good = a valid certificate with enough lifetime "
+                "left); burn rate = error ratio / error budget. A page fires when both the 1h "
+                "and 5m burn rates exceed 14.4 (SRE workbook); here the fleet is broken on "
+                "purpose, so it does:"
+            )
+            console.print(slo_table(statuses))
+            console.print(
+                Text(
+                    "SLOs with no events yet (renewals, deployments) show '-': the remediator "
+                    "feeds them.",
+                    style="dim",
+                )
+            )
+
             _section(console, "next")
             console.print(f"  certpilot inventory --db {db_url}")
             console.print(f"  certpilot inventory --db {db_url} --problem expired --format json")
+            console.print(f"  certpilot slo status --db {db_url}")
             if not options.serve:
                 console.print("  certpilot demo --serve    (keeps /metrics up for Prometheus)")
             else:
@@ -195,11 +219,13 @@ async def _serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     targets: list[Target] = [*fleet.targets(), dns_failure_target()]
+    slo_set = slo_service.load_slos(())
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), options.rescan_seconds)
             if not stop.is_set():
                 await scan_and_record(scanner, inventory, metrics, targets, clock, env={})
+                await slo_cycle(inventory, metrics, slo_set, clock, Settings())
     finally:
         await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +14,20 @@ from rich.text import Text
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode, severity_rank
+
+
+class SLOStatusView(Protocol):
+    """What the SLO table needs of ``slo.engine.SLOStatus`` (certpilot core does not import
+    the slo room)."""
+
+    @property
+    def budget_remaining_ratio(self) -> float | None: ...
+
+    @property
+    def firing_severity(self) -> str | None: ...
+
+    def to_dict(self) -> dict[str, object]: ...
+
 
 _STYLE = {
     ProblemCode.EXPIRED: "bold red",
@@ -129,5 +144,58 @@ def inventory_table(items: Sequence[InventoryItem], now: datetime) -> Table:
             it.subject_cn or it.subject or Text(it.error or "", style="dim"),
             it.issuer_cn or "",
             (it.serial or "")[:20],
+        )
+    return table
+
+
+def _pct(x: float | None, digits: int = 2) -> Text:
+    if x is None or x != x:  # None or NaN: no data in the window
+        return Text("-", style="dim")
+    return Text(f"{x * 100:.{digits}f}%")
+
+
+def _burn(x: float | None, page: float = 14.4, ticket: float = 1.0) -> Text:
+    if x is None or x != x:
+        return Text("-", style="dim")
+    style = "bold red" if x >= page else "yellow" if x >= ticket else "green"
+    return Text(f"{x:.1f}x", style=style)
+
+
+def slo_table(statuses: Sequence[SLOStatusView]) -> Table:
+    """One row per SLO: objective, error ratio, burn rates, budget left, what fires."""
+    table = Table(title_justify="left")
+    table.add_column("SLO", no_wrap=True)
+    table.add_column("objective", justify="right", no_wrap=True)
+    table.add_column("events", justify="right", no_wrap=True)
+    table.add_column("error 5m", justify="right", no_wrap=True)
+    table.add_column("burn 5m", justify="right", no_wrap=True)
+    table.add_column("burn 1h", justify="right", no_wrap=True)
+    table.add_column("burn 6h", justify="right", no_wrap=True)
+    table.add_column("budget left", justify="right", no_wrap=True)
+    table.add_column("alert", no_wrap=True)
+    for st in statuses:
+        d = st.to_dict()
+        raw = d["windows"]
+        windows: dict[str, dict[str, object]] = (
+            {str(w["window"]): w for w in raw} if isinstance(raw, list) else {}
+        )
+
+        def get(w: str, key: str, windows: dict[str, dict[str, object]] = windows) -> float | None:
+            v = windows.get(w, {}).get(key)
+            return float(v) if isinstance(v, int | float) else None
+
+        firing = st.firing_severity
+        table.add_row(
+            str(d["slo"]),
+            f"{d['objective']:g}%",
+            f"{d['events_in_period']:.0f}" if d["events_in_period"] is not None else "0",
+            _pct(get("5m", "error_ratio")),
+            _burn(get("5m", "burn_rate")),
+            _burn(get("1h", "burn_rate")),
+            _burn(get("6h", "burn_rate")),
+            _pct(st.budget_remaining_ratio, 1),
+            Text(firing, style="bold red" if firing == "page" else "yellow")
+            if firing
+            else Text("ok", style="green"),
         )
     return table

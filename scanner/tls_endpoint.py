@@ -6,13 +6,18 @@ Design notes (why it looks like this):
   (``@SECLEVEL=0``), so that expired, untrusted, mis-chained and weak certificates can still be
   read; the chain is then judged in pure code (``certpilot.domain.judge``) against the trust
   anchors. Judging separately is what lets certpilot say *which* of a dozen things is wrong.
-* Python 3.11 has no public API for the peer's full chain; ``SSLObject._sslobj`` exposes
-  ``get_unverified_chain()`` (public as ``SSLSocket.get_unverified_chain`` from 3.13,
-  https://github.com/python/cpython/issues/109109). That is the "small wrapper" below.
-* The handshake runs on a non-blocking socket driven by ``loop.add_reader/add_writer`` instead
-  of asyncio's ``sslproto`` transport: a probe needs nothing but the handshake, and skipping the
-  transport's buffering and protocol machinery saves a noticeable share of per-probe CPU
-  (measured in benchmarks/RESULTS.md).
+* The handshake runs on pyOpenSSL, i.e. on the OpenSSL that ``cryptography`` bundles, not on
+  the stdlib ``ssl`` module: it has a public API for the peer's full chain (the stdlib has none
+  before 3.13, https://github.com/python/cpython/issues/109109), and the bundled OpenSSL (4.x)
+  decodes certificates and keys much faster than the system OpenSSL 3.0 the stdlib links on
+  Debian 12 (benchmarks/RESULTS.md has the figures). The chain is taken as DER, not as
+  ``cryptography`` objects (``as_cryptography=True``): that converts through DER anyway, and
+  would fail the whole chain when one certificate is too malformed for ``cryptography``, where
+  the DER path keeps every certificate before the bad one.
+* One probe is a small callback-driven state machine on the event loop (``add_writer`` for the
+  connect, ``add_reader`` while OpenSSL wants to read) that resolves one future, instead of
+  asyncio's ``sslproto`` transport or a coroutine awaiting a future per readiness event: a probe
+  needs nothing but the handshake, and that per-probe machinery was a noticeable share of CPU.
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from certpilot.domain.chain import TrustAnchors
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from OpenSSL import SSL, crypto
+
+from certpilot.domain.chain import LinkCache, TrustAnchors
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertificateParseError
 from certpilot.domain.judge import DEFAULT_POLICY, JudgePolicy, judge_chain
@@ -36,7 +44,12 @@ from certpilot.domain.model import EndpointTarget, Observation
 from certpilot.domain.problems import Problem, ProblemCode
 from certpilot.domain.x509 import ParsedCert, parse_der
 
-_ENCODING_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+# The key-exchange groups OpenSSL 3.0 offers by default (a key share for X25519 only). OpenSSL
+# 3.5+ also offers X25519MLKEM768 and sends a second, 1.2 KB key share for it: an ML-KEM and an
+# extra X25519 key generation per handshake (about 15 % of a probe's handshake CPU) that buys a
+# certificate probe nothing. Listing it without a key share would be worse: servers that prefer
+# it answer with a HelloRetryRequest (RFC 8446 section 4.1.4), a second round trip.
+_GROUPS = b"X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +61,23 @@ class ProbeSettings:
     policy: JudgePolicy = DEFAULT_POLICY
 
 
-def make_client_context() -> ssl.SSLContext:
+def make_client_context() -> SSL.Context:
     """A client context that completes a handshake with anything and verifies nothing.
 
-    ``@SECLEVEL=0`` lets OpenSSL 3 accept RSA-1024 and SHA-1 so they can be *reported*;
-    ``OP_NO_TICKET`` because a probe never resumes a session (and servers skip the ticket).
+    ``@SECLEVEL=0`` lets OpenSSL accept RSA-1024 and SHA-1 so they can be *reported*; the
+    minimum protocol version is the lowest this OpenSSL supports; ``OP_NO_TICKET`` because a
+    probe never resumes a session (and servers skip the ticket).
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_ciphers("ALL:@SECLEVEL=0")
-    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    ctx.options |= ssl.OP_NO_TICKET
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_cipher_list(b"ALL:@SECLEVEL=0")
+    ctx.set_min_proto_version(0)  # 0: the lowest version the library supports
+    ctx.set_options(SSL.OP_NO_TICKET)
+    # pyOpenSSL has no groups API; SSL_CTX_set1_curves_list is in cryptography's bindings.
+    set_groups = getattr(Binding.lib, "SSL_CTX_set1_curves_list", None)
+    raw_ctx = getattr(ctx, "_context", None)
+    if set_groups is not None and raw_ctx is not None:
+        set_groups(raw_ctx, _GROUPS)
     return ctx
 
 
@@ -90,31 +108,210 @@ class _Failure(Exception):
         self.message = message
 
 
-async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if write:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 def _ip_literal(host: str) -> str | None:
+    host = host.strip("[]")
+    # Fast path for names: an IP literal has a ':' (v6) or only digits and dots (v4).
+    if ":" not in host and not host.replace(".", "").isdigit():
+        return None
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
+        return str(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+def _sni(server_name: str) -> bytes | None:
+    """The SNI to send (none for an IP literal, RFC 6066 section 3), IDNA-encoded as the stdlib
+    ``ssl`` module does."""
+    if _ip_literal(server_name) is not None:
+        return None
+    try:
+        name = server_name.encode("idna")
+    except UnicodeError as e:
+        raise _Failure(ProblemCode.TLS_ERROR, f"cannot start TLS: {e}") from e
+    if not name or name.startswith(b".") or b"\0" in name:
+        raise _Failure(
+            ProblemCode.TLS_ERROR, f"cannot start TLS: invalid server name {server_name!r}"
+        )
+    return name
+
+
+def _connect_failure(address: str, e: OSError) -> _Failure:
+    if e.errno == errno.ECONNREFUSED:
+        return _Failure(ProblemCode.CONNECTION_REFUSED, f"connection refused by {address}")
+    reason = errno.errorcode.get(e.errno or 0, "") or str(e)
+    return _Failure(ProblemCode.CONNECTION_REFUSED, f"cannot connect to {address}: {reason}")
+
+
+def _tls_failure(e: SSL.Error) -> _Failure:
+    if isinstance(e, SSL.ZeroReturnError) or (
+        isinstance(e, SSL.SysCallError)
+        and e.args
+        and e.args[0] in (-1, errno.ECONNRESET, errno.EPIPE)  # -1: "Unexpected EOF"
+    ):
+        return _Failure(
+            ProblemCode.TLS_ERROR, "peer closed the connection during the TLS handshake"
+        )
+    if isinstance(e, SSL.SysCallError) and e.args and isinstance(e.args[0], int):
+        return _Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {os.strerror(e.args[0])}")
+    return _Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {_ssl_reason(e)}")
+
+
+def _ssl_reason(e: SSL.Error) -> str:
+    """The reason of the last OpenSSL error in the queue, as the stdlib ``ssl`` reports it."""
+    queue = e.args[0] if e.args and isinstance(e.args[0], list) else []
+    if queue and isinstance(queue[-1], tuple) and queue[-1][-1]:
+        return str(queue[-1][-1]).lower().replace("_", " ")
+    return str(e) or type(e).__name__
+
+
+_Chain = tuple[list[bytes], str]
+
+
+class _Handshake:
+    """Connect and TLS-handshake one socket from event-loop callbacks.
+
+    ``done`` resolves to the presented chain and the protocol version, or fails with
+    :class:`_Failure` (refused, TLS error) or :class:`TimeoutError` at ``deadline``. The caller
+    awaits ``done`` and then calls :meth:`close` whatever happened (cancellation included).
+    """
+
+    __slots__ = (
+        "_address",
+        "_conn",
+        "_ctx",
+        "_fd",
+        "_loop",
+        "_reading",
+        "_sni",
+        "_sock",
+        "_timer",
+        "_writing",
+        "done",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ctx: SSL.Context,
+        family: int,
+        sockaddr: tuple[Any, ...],
+        sni: bytes | None,
+        deadline: float,
+    ) -> None:
+        self._loop = loop
+        self._ctx = ctx
+        self._sni = sni
+        self._address = str(sockaddr[0])
+        self._conn: SSL.Connection | None = None
+        self._reading = False
+        self._writing = False
+        self.done: asyncio.Future[_Chain] = loop.create_future()
+        self._timer: asyncio.TimerHandle | None = loop.call_at(deadline, self._expire)
+        self._sock = sock = socket.socket(family, socket.SOCK_STREAM)
+        self._fd = sock.fileno()
+        sock.setblocking(False)
+        try:
+            err = sock.connect_ex(sockaddr)
+        except (OSError, OverflowError) as e:
+            self._fail(_connect_failure(self._address, OSError(str(e))))
+            return
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+            self._writing = True
+            loop.add_writer(self._fd, self._connected)
+        elif err:
+            self._fail(_connect_failure(self._address, OSError(err, os.strerror(err))))
+        else:
+            self._start_tls()
+
+    def close(self) -> None:
+        """Stop watching the socket and close it; idempotent."""
+        self._unwatch()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sock.close()
+
+    def _unwatch(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _fail(self, exc: BaseException) -> None:
+        self._unwatch()
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
+
+    def _connected(self) -> None:
+        self._loop.remove_writer(self._fd)
+        self._writing = False
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fail(_connect_failure(self._address, OSError(err, os.strerror(err))))
+        else:
+            self._start_tls()
+
+    def _start_tls(self) -> None:
+        try:
+            conn = self._conn = SSL.Connection(self._ctx, self._sock)
+            if self._sni is not None:
+                conn.set_tlsext_host_name(self._sni)
+            conn.set_connect_state()
+        except (SSL.Error, ValueError, TypeError) as e:
+            self._fail(_Failure(ProblemCode.TLS_ERROR, f"cannot start TLS: {e}"))
+            return
+        self._step()
+
+    def _step(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.do_handshake()
+        except SSL.WantReadError:
+            if self._writing:
+                self._loop.remove_writer(self._fd)
+                self._writing = False
+            if not self._reading:
+                self._reading = True
+                self._loop.add_reader(self._fd, self._step)
+            return
+        except SSL.WantWriteError:
+            if self._reading:
+                self._loop.remove_reader(self._fd)
+                self._reading = False
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self._fd, self._step)
+            return
+        except SSL.Error as e:
+            self._fail(_tls_failure(e))
+            return
+        except OSError as e:
+            self._fail(_Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {e}"))
+            return
+        except BaseException as e:  # a bug: hand it to the awaiting coroutine, not the loop
+            self._fail(e)
+            return
+        self._unwatch()
+        try:
+            ders = [
+                crypto.dump_certificate(crypto.FILETYPE_ASN1, c)
+                for c in conn.get_peer_cert_chain() or ()
+            ]
+            version = conn.get_protocol_version_name()
+        except (SSL.Error, crypto.Error) as e:  # OpenSSL read a certificate it cannot re-encode
+            self._fail(_Failure(ProblemCode.TLS_ERROR, f"unreadable certificate chain: {e}"))
+            return
+        if not ders:
+            self._fail(_Failure(ProblemCode.TLS_ERROR, "peer presented no certificate"))
+        elif not self.done.done():
+            self.done.set_result((ders, version))
 
 
 class TlsProber:
@@ -134,34 +331,54 @@ class TlsProber:
         self.settings = settings or ProbeSettings()
         self._ctx = make_client_context()
         self._cache = _ParseCache()
+        # Verified issuer links: a fleet's intermediate -> root signature is checked once.
+        self._links = LinkCache()
 
     async def probe(
         self,
         targets: Sequence[EndpointTarget],
         progress: Callable[[int], None] | None = None,
     ) -> list[Observation]:
-        """Probe every target; results in the order of ``targets``."""
-        sem = asyncio.Semaphore(max(1, self.settings.concurrency))
+        """Probe every target, at most ``settings.concurrency`` at once; results in the order
+        of ``targets``."""
+        results: list[Observation | None] = [None] * len(targets)
+        pending = iter(enumerate(targets))
 
-        async def one(t: EndpointTarget) -> Observation:
-            async with sem:
-                obs = await self.probe_one(t)
-            if progress is not None:
-                progress(1)
-            return obs
+        async def lane() -> None:
+            # Lanes share one iterator (the loop is single-threaded): a bounded pool of
+            # coroutines instead of a task and a semaphore wait per target.
+            for i, target in pending:
+                results[i] = await self.probe_one(target)
+                if progress is not None:
+                    progress(1)
 
-        return list(await asyncio.gather(*(one(t) for t in targets)))
+        lanes = min(max(1, self.settings.concurrency), len(targets))
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+        out = [r for r in results if r is not None]
+        assert len(out) == len(targets)
+        return out
 
     async def probe_one(self, target: EndpointTarget) -> Observation:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout
         address: str | None = target.address
-        tls_version: str | None = None
-        ders: list[bytes] = []
         try:
-            async with asyncio.timeout(self.settings.timeout):
-                family, sockaddr = await self._resolve(target)
-                address = str(sockaddr[0])
-                ders, tls_version = await self._handshake(family, sockaddr, target.server_name)
+            literal = _ip_literal(target.address or target.host)
+            family: int
+            if literal is not None:
+                family = socket.AF_INET6 if ":" in literal else socket.AF_INET
+                sockaddr: tuple[Any, ...] = (literal, target.port)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    family, sockaddr = await self._resolve(target)
+            address = str(sockaddr[0])
+            sni = _sni(target.server_name)
+            hs = _Handshake(loop, self._ctx, family, sockaddr, sni, deadline)
+            try:
+                ders, tls_version = await hs.done
+            finally:
+                hs.close()
         except _Failure as f:
             return self._failed(target, address, f.code, f.message, started)
         except TimeoutError:
@@ -176,10 +393,6 @@ class TlsProber:
         return self._judge(target, address, ders, tls_version, started)
 
     async def _resolve(self, target: EndpointTarget) -> tuple[int, tuple[Any, ...]]:
-        literal = _ip_literal(target.address or target.host)
-        if literal is not None:
-            fam = socket.AF_INET6 if ":" in literal else socket.AF_INET
-            return fam, (literal, target.port)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
@@ -193,59 +406,6 @@ class TlsProber:
             raise _Failure(ProblemCode.DNS_ERROR, f"no address for {target.host}")
         fam, _, _, _, sockaddr = infos[0]
         return int(fam), tuple(sockaddr)
-
-    async def _handshake(
-        self, family: int, sockaddr: tuple[Any, ...], server_name: str
-    ) -> tuple[list[bytes], str | None]:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        tls: ssl.SSLSocket | None = None
-        try:
-            try:
-                await loop.sock_connect(sock, sockaddr)
-            except ConnectionRefusedError as e:
-                raise _Failure(
-                    ProblemCode.CONNECTION_REFUSED, f"connection refused by {sockaddr[0]}"
-                ) from e
-            except OSError as e:
-                reason = errno.errorcode.get(e.errno or 0, "") or str(e)
-                raise _Failure(
-                    ProblemCode.CONNECTION_REFUSED, f"cannot connect to {sockaddr[0]}: {reason}"
-                ) from e
-            sni = server_name if _ip_literal(server_name) is None else None
-            try:
-                tls = self._ctx.wrap_socket(
-                    sock, server_hostname=sni, do_handshake_on_connect=False
-                )
-            except (ssl.SSLError, ValueError) as e:
-                raise _Failure(ProblemCode.TLS_ERROR, f"cannot start TLS: {e}") from e
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    await _wait_fd(loop, tls.fileno(), write=False)
-                except ssl.SSLWantWriteError:
-                    await _wait_fd(loop, tls.fileno(), write=True)
-                except ssl.SSLError as e:
-                    raise _Failure(
-                        ProblemCode.TLS_ERROR, f"TLS handshake failed: {_ssl_reason(e)}"
-                    ) from e
-                except (ConnectionResetError, BrokenPipeError) as e:
-                    raise _Failure(
-                        ProblemCode.TLS_ERROR, "peer closed the connection during the TLS handshake"
-                    ) from e
-                except OSError as e:
-                    raise _Failure(ProblemCode.TLS_ERROR, f"TLS handshake failed: {e}") from e
-            sslobj = tls._sslobj  # type: ignore[attr-defined]
-            chain = sslobj.get_unverified_chain() or []
-            ders = [c.public_bytes(_ENCODING_DER) for c in chain]
-            if not ders:
-                raise _Failure(ProblemCode.TLS_ERROR, "peer presented no certificate")
-            return ders, tls.version()
-        finally:
-            (tls or sock).close()
 
     def _failed(
         self,
@@ -300,6 +460,7 @@ class TlsProber:
             hostname=target.server_name,
             policy=self.settings.policy,
             anchors_given=self.anchors_given,
+            links=self._links,
         )
         return Observation(
             source="tls",
@@ -319,8 +480,3 @@ class TlsProber:
             duration_seconds=time.perf_counter() - started,
             labels=target.labels,
         )
-
-
-def _ssl_reason(e: ssl.SSLError) -> str:
-    reason = getattr(e, "reason", None)
-    return str(reason).lower().replace("_", " ") if reason else str(e)

@@ -8,6 +8,10 @@ set -euo pipefail
 declare -A NEED=(
   [nginx]=nginx
   [prometheus-blackbox-exporter]=prometheus-blackbox-exporter
+  [prometheus]=prometheus
+  [promtool]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager
 )
 
 missing=()
@@ -16,6 +20,9 @@ for bin in "${!NEED[@]}"; do
     missing+=("${NEED[$bin]}")
   fi
 done
+
+# de-duplicate (one package can provide several binaries)
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -104,6 +104,32 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """A certificate presented at a location (as leaf or chain certificate), and when.
+
+    ``first_seen`` is the first scan of the location that presented it, ``last_seen`` the
+    latest; ``current`` says whether the location's latest scan still presents it (its
+    ``last_seen`` is then that scan's time). A certificate presented again after a gap keeps one
+    sighting, from its first presentation.
+    """
+
+    ref: str
+    fingerprint_sha256: str
+    first_seen: datetime
+    last_seen: datetime
+    current: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ref": self.ref,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "first_seen": iso(self.first_seen),
+            "last_seen": iso(self.last_seen),
+            "current": self.current,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ScanRun:
     id: int
     source: str

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from certpilot.domain.chain import PathEnd, PathResult, TrustAnchors, build_path, hostname_matches
+from certpilot.domain.chain import (
+    LinkCache,
+    PathEnd,
+    PathResult,
+    TrustAnchors,
+    build_path,
+    hostname_matches,
+)
 from certpilot.domain.problems import Problem, ProblemCode
 from certpilot.domain.x509 import CertInfo, ParsedCert, iso
 
@@ -176,10 +183,14 @@ def judge_chain(
     hostname: str | None = None,
     policy: JudgePolicy = DEFAULT_POLICY,
     anchors_given: bool = False,
+    links: LinkCache | None = None,
 ) -> ChainJudgement:
-    """Judge a presented chain (leaf first) as a TLS client would, and say everything wrong."""
+    """Judge a presented chain (leaf first) as a TLS client would, and say everything wrong.
+
+    ``links`` (optional) remembers verified issuer links across calls; see :class:`LinkCache`.
+    """
     leaf = presented[0]
-    path = build_path(leaf, presented[1:], anchors)
+    path = build_path(leaf, presented[1:], anchors, links)
     problems: list[Problem] = []
     problems += judge_validity(leaf.info, now, policy)
     problems += judge_path(path, anchors_given)

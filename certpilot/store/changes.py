@@ -107,6 +107,23 @@ def fingerprints_json(infos: Sequence[CertInfo]) -> str:
     return '["' + '","'.join(info.fingerprint_sha256 for info in infos) + '"]'
 
 
+def chain_fingerprints(stored: str) -> tuple[str, ...]:
+    """The fingerprints of a stored chain (:func:`fingerprints_json`), leaf first.
+
+    Anything unreadable counts as nothing presented: the location's sightings are then
+    started again, which only moves their ``last_seen``.
+    """
+    if not stored or stored == "[]":
+        return ()
+    try:
+        raw = json.loads(stored)
+    except json.JSONDecodeError:
+        return ()
+    if not isinstance(raw, list):
+        return ()
+    return tuple(v for v in raw if isinstance(v, str))
+
+
 def _iso(ts: datetime) -> str:
     """As ``certpilot.domain.x509.iso`` (``2025-01-31T12:00:00Z``), without strftime: this
     runs for every new certificate of a batch."""

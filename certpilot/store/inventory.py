@@ -1,22 +1,29 @@
 """The inventory store: observations in, locations, certificates and events out.
 
 :class:`Inventory` is the one object other rooms use. It speaks domain dataclasses
-(``Observation`` in; ``InventoryItem``, ``Event``, ``ScanRun`` out) and hides SQLAlchemy.
+(``Observation`` in; ``InventoryItem``, ``Event``, ``Sighting``, ``ScanRun`` out) and hides
+SQLAlchemy.
 
 The hot path is :meth:`Inventory.record`: a periodic scan of 100k locations must go in within
 about two seconds on a small machine. It works in bulk, in one transaction:
 
 1. dedupe the batch (the last observation of a ``ref`` wins);
-2. read the previous state of those locations in bulk (chunked ``IN`` lists, or one pass over
-   the table when the batch covers most of it);
+2. read the previous state of those locations in bulk, as plain driver tuples (chunked ``IN``
+   lists, or one pass over the table when the batch covers most of it);
 3. sort the batch: *steady* locations (same certificates, same problems as last time; most of
-   any periodic scan) only move their timestamps; *changed* ones are upserted in full, their
-   certificates checked against the stored ones and their events derived in pure code
+   any periodic scan) write one narrow ``UPDATE`` of their location row and nothing else;
+   *changed* ones are upserted in full, the certificates they start and stop presenting are
+   worked out from the stored chain, and their events derived in pure code
    (:mod:`certpilot.store.changes`);
-4. write with ``executemany``, certificates first (foreign keys): new certificates
-   (``ON CONFLICT DO NOTHING``), ``last_seen`` of known ones, locations (upsert, or a narrow
-   ``UPDATE`` when steady), sightings (upsert, or extend the current ones when steady), events
-   (with ids reserved up front, so no ``RETURNING`` per row).
+4. write with ``executemany``, certificates first (foreign keys): new certificates, locations
+   (upsert, or the narrow ``UPDATE``), sightings that start (upsert) or stop (closed at the
+   previous scan), events (with ids reserved up front, so no ``RETURNING`` per row).
+
+What a steady scan does not write is derived when read, exactly: a sighting that is still
+current (its certificate is in the location's ``chain``) was last seen at the location's
+``last_scanned``, and a certificate was last seen at the latest of its sightings. Rewriting the
+200k sighting rows and the certificate rows (DER included) of a 100k-location scan on every
+scan cost more than half of a steady record(), and all of it said "still there".
 
 The statements are built with SQLAlchemy Core (the dialect's ``insert``, so SQLite and
 PostgreSQL each get their own ``ON CONFLICT``), compiled once per inventory, and executed with
@@ -32,6 +39,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
@@ -45,6 +53,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal,
     select,
     type_coerce,
     update,
@@ -55,7 +64,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun
+from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun, Sighting
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import ProblemCode
 from certpilot.domain.sli import SLI_IDS, SLIEvent, SLISample
@@ -65,12 +74,13 @@ from certpilot.store.changes import (
     EventDraft,
     PriorLocation,
     canonical_codes,
+    chain_fingerprints,
     derive_events,
     fingerprints_json,
     parse_codes,
     presented,
 )
-from certpilot.store.coltypes import json_text, require_aware, timestamp_encoder
+from certpilot.store.coltypes import UTCDateTime, json_text, require_aware, timestamp_encoder
 from certpilot.store.tables import (
     CERTIFICATE,
     EVENT,
@@ -146,21 +156,22 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _hour(value: object) -> object:
-    """The UTC clock hour of a stored timestamp (SQLite text or a PostgreSQL datetime).
+def _normal_fingerprint(text: str) -> str:
+    """A fingerprint as stored: lowercase hex without ``:`` separators."""
+    return text.replace(":", "").strip().lower()
 
-    A certificate's ``last_seen`` is refreshed by a steady location only when that location's
-    scan falls in a new UTC hour, so it is at most an hour stale while the certificate stays
-    deployed. Refreshing it on every scan would rewrite every certificate row (DER included,
-    often 1-2 KiB) on every scan: the largest write of a steady-state record(). Exact
-    per-location times are in ``sighting.last_seen`` and ``location.last_scanned``.
-    """
-    if isinstance(value, str):
-        return value[:13]  # "YYYY-MM-DD HH"
-    if isinstance(value, datetime):
-        utc = value.astimezone(UTC)
-        return (utc.year, utc.month, utc.day, utc.hour)
-    return value
+
+# A sighting is current when the location's latest scan presented its certificate, i.e. when
+# the location's chain (a JSON list of hex fingerprints, see changes.fingerprints_json) names
+# it. Its last_seen is then the location's last_scanned: scans do not rewrite current
+# sightings, they only close the ones that end (see Inventory.record).
+_SIGHTING_IS_CURRENT: Final = type_coerce(LOCATION.c.chain, Text).like(
+    literal('%"') + SIGHTING.c.fingerprint_sha256 + literal('"%')
+)
+_SIGHTING_LAST_SEEN: Final = type_coerce(
+    case((_SIGHTING_IS_CURRENT, LOCATION.c.last_scanned), else_=SIGHTING.c.last_seen),
+    UTCDateTime(),
+)
 
 
 #: Read the whole location table instead of IN lists when a batch is at least this share of it.
@@ -188,6 +199,17 @@ def _rowid_bound(conn: Connection, table: Table) -> int:
     value = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()  # noqa: S608
     return int(value or 0)
 
+
+
+def _sorted(rows: list[tuple[Any, ...]], *key: int) -> list[tuple[Any, ...]]:
+    """``rows`` sorted in place by their primary key (the values at positions ``key``).
+
+    Writing in key order turns a batch's scattered B-tree probes into one ordered walk of the
+    table and its key index: each page is read and dirtied once, in order, instead of being
+    revisited (or evicted and read back) as the scanner's completion order dictates.
+    """
+    rows.sort(key=itemgetter(*key))
+    return rows
 
 #: Batches at least this large run with the cyclic garbage collector paused (see _gc_paused).
 _PAUSE_GC_FROM: Final = 10_000
@@ -221,31 +243,26 @@ class _Plan:
     __slots__ = (
         "certs",
         "changed",
-        "extend_rows",
         "location_rows",
         "seen",
-        "sighting_rows",
+        "started",
         "steady_rows",
-        "touched",
+        "stopped",
     )
 
     def __init__(self) -> None:
-        self.changed: list[tuple[Observation, str]] = []  # (observation, problems JSON)
+        # (observation, problems JSON, previous state or None when the location is new)
+        self.changed: list[tuple[Observation, str, PriorLocation | None]] = []
         self.location_rows: list[tuple[Any, ...]] = []  # full upserts (_LOCATION_COLUMNS)
         self.steady_rows: list[tuple[Any, ...]] = []  # narrow updates (_STEADY_COLUMNS)
-        self.sighting_rows: list[tuple[Any, ...]] = []  # upserts (_SIGHTING_COLUMNS)
-        self.extend_rows: list[tuple[Any, ...]] = []  # (this scan, ref, previous scan)
-        self.certs: dict[str, CertInfo] = {}  # presented by changed locations
+        self.started: list[tuple[Any, ...]] = []  # sighting upserts (_SIGHTING_COLUMNS)
+        self.stopped: list[tuple[Any, ...]] = []  # (previous scan, ref, fingerprint)
+        self.certs: dict[str, CertInfo] = {}  # started being presented somewhere
         self.seen: dict[str, Any] = {}  # fingerprint -> latest stored timestamp in the batch
-        self.touched: dict[str, Any] = {}  # fingerprint -> new certificate.last_seen
 
     def see(self, fp: str, when: Any) -> None:
         if fp not in self.seen or when > self.seen[fp]:
             self.seen[fp] = when
-
-    def touch(self, fp: str, when: Any) -> None:
-        if fp not in self.touched or when > self.touched[fp]:
-            self.touched[fp] = when
 
 
 class _Bulk:
@@ -315,13 +332,6 @@ class Inventory:
             index_elements=[c.fingerprint_sha256]
         )
         self._insert_certs = _Bulk(new_certs, engine, _CERT_COLUMNS)
-        # Never moves last_seen backwards (a late batch of older observations).
-        touch = (
-            update(CERTIFICATE)
-            .where(c.fingerprint_sha256 == bindparam("b_fp"), c.last_seen < bindparam("b_seen"))
-            .values(last_seen=bindparam("b_seen"))
-        )
-        self._touch_certs = _Bulk(touch, engine, ("b_seen", "b_fp", "b_seen"))
 
         loc = insert(LOCATION)
         ex = loc.excluded
@@ -352,15 +362,17 @@ class Inventory:
             set_={"last_seen": sight.excluded.last_seen},
         )
         self._upsert_sightings = _Bulk(upsert_sightings, engine, _SIGHTING_COLUMNS)
-        extend = (
+        # A location stopped presenting a certificate: its sighting ends at the previous scan,
+        # the last one that presented it. Current sightings are never written by a scan.
+        close = (
             update(SIGHTING)
             .where(
                 SIGHTING.c.ref == bindparam("b_ref"),
-                SIGHTING.c.last_seen == bindparam("b_previous"),
+                SIGHTING.c.fingerprint_sha256 == bindparam("b_fp"),
             )
             .values(last_seen=bindparam("b_seen"))
         )
-        self._extend_sightings = _Bulk(extend, engine, ("b_seen", "b_ref", "b_previous"))
+        self._close_sightings = _Bulk(close, engine, ("b_seen", "b_ref", "b_fp"))
         self._insert_events = _Bulk(insert(EVENT), engine, _EVENT_COLUMNS)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -468,12 +480,14 @@ class Inventory:
           last one wins. Observations of different refs are independent.
         * Record batches in the order they were observed: the latest recorded state of a
           location is its current state.
-        * Timestamps: a location's ``first_seen``/``last_scanned``/``last_changed`` and a
-          sighting's ``first_seen``/``last_seen`` are the observation's ``observed_at``, exactly.
-          A certificate's ``first_seen`` too; its ``last_seen`` (seen anywhere) is exact when a
-          location starts presenting it, and otherwise refreshed once per UTC hour (see
-          :func:`_hour` for why). Events are stamped ``now`` (when the inventory learnt
-          the change), so event time never goes backwards along event ids.
+        * Timestamps: a location's ``first_seen``/``last_scanned``/``last_changed`` are the
+          observation's ``observed_at``, exactly. A sighting (see :meth:`sightings`) runs from
+          the first scan that presented the certificate at the location to the last one, exactly:
+          while the location still presents it, that is the location's ``last_scanned``. A
+          certificate's ``first_seen`` is the first time any location presented it, its
+          ``last_seen`` the latest (see :meth:`certificate_seen`). Events are stamped ``now``
+          (when the inventory learnt the change), so event time never goes backwards along
+          event ids.
         * Certificates: the leaf and every chain certificate are stored once each and sighted at
           the location; ``path`` (the trust walk, which may add an anchor the peer did not
           send) is not stored.
@@ -497,67 +511,65 @@ class Inventory:
             prior = self._prior_locations(conn, list(latest))
             plan = self._plan(latest.values(), prior, run_id)
             known = self._stored_fingerprints(conn, list(plan.certs))
-            drafts = self._derive(conn, plan, prior, known)
+            drafts = self._derive(conn, plan, known)
             self._write_certificates(conn, plan, known)
-            self._insert_locations.run(conn, plan.location_rows)
-            self._update_locations.run(conn, plan.steady_rows)
-            self._upsert_sightings.run(conn, plan.sighting_rows)
-            self._extend_sightings.run(conn, plan.extend_rows)
+            self._insert_locations.run(conn, _sorted(plan.location_rows, 0))
+            self._update_locations.run(conn, _sorted(plan.steady_rows, -1))
+            self._upsert_sightings.run(conn, _sorted(plan.started, 0, 1))
+            self._close_sightings.run(conn, _sorted(plan.stopped, 1, 2))
             return self._write_events(conn, drafts, at)
 
     def _plan(
         self,
         batch: Iterable[Observation],
-        prior: Mapping[str, PriorLocation],
+        prior: Mapping[str, tuple[Any, ...]],
         run_id: int | None,
     ) -> _Plan:
         """Sort the batch into steady locations (same certificates, same problems: only times
         and messages move) and changed ones, and build the rows for both.
 
-        Steady locations are the common case of a periodic scan and get the cheapest writes:
-        a narrow UPDATE of the location, and the sightings it presented at its previous scan
-        (exactly those whose ``last_seen`` equals that scan's time) extended to this one.
+        Steady locations are the common case of a periodic scan and get the cheapest write: a
+        narrow UPDATE of the location, and nothing else. A changed location is upserted in full
+        and compared with its stored chain: sightings start for the certificates it now
+        presents and did not, and end for those it no longer presents.
+
+        ``prior`` holds the raw rows of :attr:`_every_location_sql` by ref; they are compared
+        as they come (a PriorLocation is built for changed locations only).
         """
         ts = self._ts
         plan = _Plan()
+        steady = plan.steady_rows.append
         for obs in batch:
             infos = presented(obs)
             chain_json = fingerprints_json(infos)
-            problems_json = json_text(canonical_codes(obs.problems)) if obs.problems else "[]"
-            details = json_text([p.to_dict() for p in obs.problems]) if obs.problems else "[]"
+            problems = obs.problems
+            problems_json = json_text(canonical_codes(problems)) if problems else "[]"
+            details = json_text([p.to_dict() for p in problems]) if problems else "[]"
             labels = json_text(dict(obs.labels)) if obs.labels else "{}"
             try:
                 when = ts(obs.observed_at)  # raises ValueError for a naive datetime
             except ValueError as e:
                 raise ValueError(f"observed_at of {obs.ref}: {e}") from None
-            fp = obs.leaf.fingerprint_sha256 if obs.leaf is not None else None
-            p = prior.get(obs.ref)
+            leaf = obs.leaf
+            fp = leaf.fingerprint_sha256 if leaf is not None else None
+            ref = obs.ref
+            row = prior.get(ref)
+            # Row layout: ref, source, fingerprint, last fingerprint, problems, chain, scanned.
             if (
-                p is not None
-                and p.fingerprint == fp
-                and p.problems_json == problems_json
-                and p.chain_json == chain_json
-                and p.source == obs.source
+                row is not None
+                and row[5] == chain_json
+                and row[4] == problems_json
+                and row[2] == fp
+                and row[1] == obs.source
             ):
-                plan.steady_rows.append(
-                    (obs.target, details, obs.error, labels, when, run_id, obs.ref)
-                )
-                plan.extend_rows.append((when, obs.ref, p.last_scanned))
-                previous = p.last_scanned
-                # Slicing the text inline: this runs for every steady location.
-                if (
-                    when[:13] != previous[:13]
-                    if isinstance(when, str) and isinstance(previous, str)
-                    else _hour(when) != _hour(previous)
-                ):
-                    for info in infos:
-                        plan.touch(info.fingerprint_sha256, when)
+                steady((obs.target, details, obs.error, labels, when, run_id, ref))
                 continue
-            plan.changed.append((obs, problems_json))
+            p = PriorLocation._make(row[1:]) if row is not None else None
+            plan.changed.append((obs, problems_json, p))
             last_fp = fp if fp is not None else (p.last_fingerprint if p is not None else None)
             plan.location_rows.append(
                 (
-                    obs.ref,
+                    ref,
                     obs.source,
                     obs.target,
                     fp,
@@ -573,42 +585,45 @@ class Inventory:
                     run_id,
                 )
             )
+            before = chain_fingerprints(p.chain_json) if p is not None else ()
             for info in infos:
                 cfp = info.fingerprint_sha256
-                plan.sighting_rows.append((obs.ref, cfp, when, when))
+                if cfp in before:
+                    continue  # still presented: its sighting stays current
+                plan.started.append((ref, cfp, when, when))
                 if cfp not in plan.certs:
                     plan.certs[cfp] = info
                 plan.see(cfp, when)
+            if before and p is not None:
+                now_presented = {info.fingerprint_sha256 for info in infos}
+                for cfp in before:
+                    if cfp not in now_presented:
+                        plan.stopped.append((p.last_scanned, ref, cfp))
         return plan
 
-    def _derive(
-        self,
-        conn: Connection,
-        plan: _Plan,
-        prior: Mapping[str, PriorLocation],
-        known: set[str],
-    ) -> list[EventDraft]:
+    def _derive(self, conn: Connection, plan: _Plan, known: set[str]) -> list[EventDraft]:
         replaced = {
             p.last_fingerprint
-            for obs, _ in plan.changed
+            for obs, _, p in plan.changed
             if obs.leaf is not None
-            and (p := prior.get(obs.ref)) is not None
+            and p is not None
             and p.last_fingerprint is not None
             and p.last_fingerprint != obs.leaf.fingerprint_sha256
         }
         old_serials = self._serials(conn, sorted(replaced)) if replaced else {}
         drafts: list[EventDraft] = []
         announced: set[str] = set()
-        for obs, problems_json in plan.changed:
+        fresh = plan.certs
+        for obs, problems_json, p in plan.changed:
             leaf_is_new = False
             if obs.leaf is not None:
                 fp = obs.leaf.fingerprint_sha256
                 # "first seen" once per fingerprint, even when several locations of this
-                # batch present it.
-                if fp not in known and fp not in announced:
+                # batch present it. A leaf the location kept presenting is not in plan.certs:
+                # its sighting proves it is stored.
+                if fp in fresh and fp not in known and fp not in announced:
                     leaf_is_new = True
                     announced.add(fp)
-            p = prior.get(obs.ref)
             old = p.last_fingerprint if p is not None else None
             drafts.extend(
                 derive_events(
@@ -625,11 +640,9 @@ class Inventory:
         ts = self._ts
         fresh: list[tuple[Any, ...]] = []
         for fp, c in plan.certs.items():
-            when = plan.seen[fp]
             if fp in known:
-                # Presented at a location that changed: its last_seen is brought up to date.
-                plan.touch(fp, when)
-                continue
+                continue  # a location started presenting a stored certificate: nothing to write
+            when = plan.seen[fp]
             fresh.append(
                 (
                     fp,
@@ -651,8 +664,8 @@ class Inventory:
                     when,
                 )
             )
+        fresh.sort()  # by fingerprint: see _sorted
         self._insert_certs.run(conn, fresh)
-        self._touch_certs.run(conn, [(when, fp, when) for fp, when in plan.touched.items()])
 
     def _write_events(
         self, conn: Connection, drafts: Sequence[EventDraft], at: datetime
@@ -790,11 +803,56 @@ class Inventory:
 
         The fingerprint is hex, in any case, with or without ``:`` separators.
         """
-        fp = fingerprint_sha256.replace(":", "").strip().lower()
+        fp = _normal_fingerprint(fingerprint_sha256)
         stmt = select(CERTIFICATE.c.der).where(CERTIFICATE.c.fingerprint_sha256 == fp)
         with self._read() as conn:
             der = conn.execute(stmt).scalar_one_or_none()
         return bytes(der) if der is not None else None
+
+    def sightings(
+        self, *, ref: str | None = None, fingerprint_sha256: str | None = None
+    ) -> list[Sighting]:
+        """Where certificates were presented: the sightings of location ``ref``, of one
+        certificate (hex fingerprint, any case, with or without ``:``), or both; every sighting
+        when neither is given. Ordered by ref, then ``first_seen``, then fingerprint.
+
+        "Where is this certificate deployed?" is ``sightings(fingerprint_sha256=fp)`` filtered
+        on ``current``; "what did this endpoint serve?" is ``sightings(ref=ref)``.
+        """
+        s = SIGHTING.c
+        stmt = select(
+            s.ref, s.fingerprint_sha256, s.first_seen, _SIGHTING_LAST_SEEN, _SIGHTING_IS_CURRENT
+        ).select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == s.ref))
+        if ref is not None:
+            stmt = stmt.where(s.ref == ref)
+        if fingerprint_sha256 is not None:
+            stmt = stmt.where(s.fingerprint_sha256 == _normal_fingerprint(fingerprint_sha256))
+        stmt = stmt.order_by(s.ref, s.first_seen, s.fingerprint_sha256)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [Sighting(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    def certificate_seen(self, fingerprint_sha256: str) -> tuple[datetime, datetime] | None:
+        """When a stored certificate was first and last presented anywhere, or ``None``.
+
+        The last time is exact: the latest scan of any location that presented it (derived
+        from its sightings, so reading it costs one indexed pass over them).
+        """
+        fp = _normal_fingerprint(fingerprint_sha256)
+        c = CERTIFICATE.c
+        own = select(c.first_seen, c.last_seen).where(c.fingerprint_sha256 == fp)
+        latest = (
+            select(func.max(_SIGHTING_LAST_SEEN))
+            .select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == SIGHTING.c.ref))
+            .where(SIGHTING.c.fingerprint_sha256 == fp)
+        )
+        with self._read() as conn:
+            row = conn.execute(own).first()
+            if row is None:
+                return None
+            sighted = conn.execute(latest).scalar()
+        first, last = row[0], row[1]
+        return first, max(last, sighted) if sighted is not None else last
 
     # ------------------------------------------------------------------------- SLI events
 
@@ -939,22 +997,21 @@ class Inventory:
         except SQLAlchemyError as e:
             raise engines.describe(self._url, self._engine, e) from e
 
-    def _prior_locations(self, conn: Connection, refs: Sequence[str]) -> dict[str, PriorLocation]:
-        out: dict[str, PriorLocation] = {}
-        make = PriorLocation._make
+    def _prior_locations(self, conn: Connection, refs: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """The stored rows of those locations that exist, by ref (``_every_location_sql``'s
+        columns, raw driver values); may hold other locations' rows too."""
         if self._dialect == "sqlite" and len(refs) >= _FULL_SCAN_FRACTION * _rowid_bound(
             conn, LOCATION
         ):
             # The batch covers much of the table (a full periodic scan): one sequential pass is
-            # several times faster than as many B-tree probes from IN lists.
-            wanted = set(refs)
-            for row in _driver_rows(conn, self._every_location_sql):
-                if row[0] in wanted:
-                    out[row[0]] = make(row[1:])
-            return out
+            # several times faster than as many B-tree probes from IN lists. Rows of refs not in
+            # the batch are kept rather than filtered out: they are never looked up, and
+            # filtering costs more than it saves.
+            return {row[0]: row for row in _driver_rows(conn, self._every_location_sql)}
+        out: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(refs):
             for row in conn.execute(self._some_locations, {"refs": list(chunk)}).all():
-                out[row[0]] = make(row[1:])
+                out[row[0]] = tuple(row)
         return out
 
     def _stored_fingerprints(self, conn: Connection, fps: Sequence[str]) -> set[str]:

@@ -133,7 +133,7 @@ def test_recording_the_same_state_again_yields_no_events(inv: Inventory, ca: Loc
 
     # Same problems in another order are the same set.
     assert inv.record([observe(ref, chain, at=later, problems=problems[::-1])], now=later) == []
-    # And again in a new hour (when certificate.last_seen is refreshed).
+    # And again in a new hour.
     hour = NOW + timedelta(hours=1)
     assert inv.record([observe(ref, chain, at=hour, problems=problems)], now=hour) == []
 
@@ -274,20 +274,14 @@ def test_labels_target_and_error_follow_the_latest_scan(inv: Inventory, ca: Loca
 
 
 def sightings(inv: Inventory, ref: str) -> dict[str, tuple[datetime, datetime]]:
-    """White-box: the sighting rows of ``ref`` (no read API for them yet)."""
-    from certpilot.store.tables import SIGHTING
-
-    with inv._engine.connect() as conn:
-        rows = conn.execute(SIGHTING.select().where(SIGHTING.c.ref == ref)).all()
-    return {r.fingerprint_sha256: (r.first_seen, r.last_seen) for r in rows}
+    """The sightings of ``ref`` as ``{fingerprint: (first_seen, last_seen)}``."""
+    return {s.fingerprint_sha256: (s.first_seen, s.last_seen) for s in inv.sightings(ref=ref)}
 
 
 def cert_last_seen(inv: Inventory, fingerprint: str) -> datetime:
-    from certpilot.store.tables import CERTIFICATE
-
-    with inv._engine.connect() as conn:
-        query = CERTIFICATE.select().where(CERTIFICATE.c.fingerprint_sha256 == fingerprint)
-        return conn.execute(query).one().last_seen  # type: ignore[no-any-return]
+    seen = inv.certificate_seen(fingerprint)
+    assert seen is not None
+    return seen[1]
 
 
 def test_sightings_keep_when_each_certificate_was_presented(inv: Inventory, ca: LocalCA) -> None:
@@ -317,22 +311,59 @@ def test_sightings_keep_when_each_certificate_was_presented(inv: Inventory, ca: 
     assert item is not None and item.last_scanned == t[4]
 
 
-def test_certificate_last_seen_is_refreshed_hourly(inv: Inventory, ca: LocalCA) -> None:
-    chain = issue(ca, "hourly.test")
+def test_sightings_say_which_are_current(inv: Inventory, ca: LocalCA) -> None:
+    old = issue(ca, "where.test")
+    new = issue(ca, "where.test")
+    leaf, intermediate = old[0].fingerprint_sha256, old[1].fingerprint_sha256
+    a, b = "tls://a.where.test:443#where.test", "tls://b.where.test:443#where.test"
+    t = [NOW + timedelta(minutes=m) for m in (0, 5, 10)]
+    inv.record([observe(a, old, at=t[0]), observe(b, old, at=t[0])], now=t[0])
+    inv.record([observe(a, old, at=t[1]), observe(b, new, at=t[1])], now=t[1])
+    inv.record([observe(a, old, at=t[2]), observe(b, new, at=t[2])], now=t[2])
+
+    # "Where is this certificate deployed?": only a still presents the old leaf.
+    where = inv.sightings(fingerprint_sha256=leaf.upper())
+    assert [(s.ref, s.current, s.first_seen, s.last_seen) for s in where] == [
+        (a, True, t[0], t[2]),
+        (b, False, t[0], t[0]),
+    ]
+    assert [(s.ref, s.current) for s in inv.sightings(fingerprint_sha256=intermediate)] == [
+        (a, True),
+        (b, True),
+    ]
+    [one] = inv.sightings(ref=b, fingerprint_sha256=new[0].fingerprint_sha256)
+    assert (one.first_seen, one.last_seen, one.current) == (t[1], t[2], True)
+    assert one.to_dict()["current"] is True
+    assert len(inv.sightings()) == 5
+    assert inv.sightings(ref="tls://nowhere:443#x") == []
+
+
+def test_certificate_last_seen_is_its_latest_presentation(inv: Inventory, ca: LocalCA) -> None:
+    chain = issue(ca, "seen.test")
+    renewed = issue(ca, "seen.test")
     fp = chain[0].fingerprint_sha256
-    ref = "tls://hourly.test:443#hourly.test"
+    ref = "tls://seen.test:443#seen.test"
     start = datetime(2025, 6, 1, 12, 10, tzinfo=UTC)
-    for minutes in (0, 20, 40):  # same UTC hour: the first time stays
+    for minutes in (0, 20, 40):  # exact at every scan, without rewriting the certificate
         at = start + timedelta(minutes=minutes)
         inv.record([observe(ref, chain, at=at)], now=at)
-    assert cert_last_seen(inv, fp) == start
-    at = start + timedelta(minutes=55)  # 13:05, a new hour
-    inv.record([observe(ref, chain, at=at)], now=at)
-    assert cert_last_seen(inv, fp) == at
+        assert inv.certificate_seen(fp) == (start, at)
     # A location that starts presenting it brings it up to date at once.
     other = start + timedelta(minutes=70)
-    inv.record([observe("tls://other.test:443#hourly.test", chain, at=other)], now=other)
+    inv.record([observe("tls://other.test:443#seen.test", chain, at=other)], now=other)
     assert cert_last_seen(inv, fp) == other
+    # Replaced everywhere: it stays at the last scan that presented it.
+    later = start + timedelta(minutes=90)
+    inv.record(
+        [
+            observe(ref, renewed, at=later),
+            observe("tls://other.test:443#seen.test", renewed, at=later),
+        ],
+        now=later,
+    )
+    assert cert_last_seen(inv, fp) == other
+    assert cert_last_seen(inv, renewed[0].fingerprint_sha256) == later
+    assert inv.certificate_seen("00" * 32) is None
 
 
 # ---------------------------------------------------------------------------------- items
@@ -465,6 +496,7 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 def test_a_locked_database_is_a_store_error_and_readers_are_not_blocked(
