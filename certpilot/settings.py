@@ -70,7 +70,7 @@ class HttpSettings(_Model):
 
 
 class ScanSettings(_Model):
-    interval: Duration = 300.0
+    interval: Duration = 120.0
     timeout: Duration = 5.0
     concurrency: int = Field(default=100, ge=1, le=10000)
     workers: int = Field(default=0, ge=0, le=64)
