@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write certpilot's Grafana dashboards (classic JSON) into DIR. With "
         "--check, write nothing: exit 1 naming each file that differs from the generator.",
     )
-    gg.add_argument("--out", type=Path, default=Path("dashboards"), metavar="DIR")
+    gg.add_argument(
+        "--out", type=Path, default=Path("dashboards"), metavar="DIR", help="default: dashboards"
+    )
     gg.add_argument("--check", action="store_true", help="compare instead of writing")
     return p
 
@@ -275,9 +277,13 @@ async def _scan(args: argparse.Namespace) -> int:
 
             inventory = Inventory.open(args.db)
             try:
+                # Sample the SLI counters around the scan, as a scrape would, so that
+                # `certpilot slo status` has a rate to show for one-shot scans too.
+                await asyncio.to_thread(inventory.snapshot_sli, clock.now())
                 result = await scan_and_record(
                     scanner, inventory, None, targets, clock, progress=advance
                 )
+                await asyncio.to_thread(inventory.snapshot_sli, clock.now())
             finally:
                 inventory.close()
             observations = result.observations

@@ -97,9 +97,6 @@ def _preset(sli: str) -> Preset:
     return next(p for p in PRESETS if p.sli == sli)
 
 
-VALID = _preset("valid_ratio")
-
-
 def burn_variable(window: BurnWindow, windows: Sequence[BurnWindow] = DEFAULT_BURN_WINDOWS) -> str:
     """Dashboard variable holding ``window``'s burn-rate factor.
 
@@ -303,7 +300,7 @@ def _label_variable(name: str, label: str, metric: str, description: str) -> gdb
         .label(label)
         .description(description)
         .datasource(DATASOURCE)
-        .query(f"label_values({metric}, {name_label(name)})")
+        .query(f"label_values({metric}, {_name_label(name)})")
         .refresh(gdm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(gdm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -313,7 +310,7 @@ def _label_variable(name: str, label: str, metric: str, description: str) -> gdb
     )
 
 
-def name_label(variable: str) -> str:
+def _name_label(variable: str) -> str:
     """The label a query variable lists (``slo`` lists ``sloth_slo``)."""
     return {"slo": "sloth_slo"}.get(variable, variable)
 
@@ -416,7 +413,8 @@ def _quantiles(metric: str, by: str, sel: str, legend_suffix: str) -> list[Q]:
 
 
 def executive() -> dict[str, Any]:
-    objective = VALID.objective / 100.0
+    valid = _preset("valid_ratio")
+    objective = valid.objective / 100.0
     b = _Board(
         EXECUTIVE_UID,
         "certpilot / Executive",
@@ -441,10 +439,10 @@ def executive() -> dict[str, Any]:
         title="Valid ratio (SLI)",
         description=(
             f"Share of endpoint probes over the selected time range that found a valid "
-            f"certificate with enough lifetime left (SLI `{VALID.sli}`, counted in "
-            f"`{SLI_METRIC}`). Green at or above the SLO objective of {VALID.objective:g} %."
+            f"certificate with enough lifetime left (SLI `{valid.sli}`, counted in "
+            f"`{SLI_METRIC}`). Green at or above the SLO objective of {valid.objective:g} %."
         ),
-        targets=[Q(_good_ratio(VALID.sli, "$__range", "increase"), "valid ratio", instant=True)],
+        targets=[Q(_good_ratio(valid.sli, "$__range", "increase"), "valid ratio", instant=True)],
         unit="percentunit",
         w=6,
         h=5,
@@ -458,8 +456,8 @@ def executive() -> dict[str, Any]:
             "running certpilot evaluates (`certpilot_slo_objective_ratio`)."
         ),
         targets=[
-            Q(_good_ratio(VALID.sli, "$__rate_interval"), "valid ratio"),
-            Q(f'max(certpilot_slo_objective_ratio{{sloth_slo="{VALID.name}"}})', "objective"),
+            Q(_good_ratio(valid.sli, "$__rate_interval"), "valid ratio"),
+            Q(f'max(certpilot_slo_objective_ratio{{sloth_slo="{valid.name}"}})', "objective"),
         ],
         unit="percentunit",
         w=10,

@@ -200,7 +200,6 @@ def _rowid_bound(conn: Connection, table: Table) -> int:
     return int(value or 0)
 
 
-
 def _sorted(rows: list[tuple[Any, ...]], *key: int) -> list[tuple[Any, ...]]:
     """``rows`` sorted in place by their primary key (the values at positions ``key``).
 
@@ -210,6 +209,7 @@ def _sorted(rows: list[tuple[Any, ...]], *key: int) -> list[tuple[Any, ...]]:
     """
     rows.sort(key=itemgetter(*key))
     return rows
+
 
 #: Batches at least this large run with the cyclic garbage collector paused (see _gc_paused).
 _PAUSE_GC_FROM: Final = 10_000

@@ -185,3 +185,15 @@ async def test_scan_into_inventory_then_list(tmp_path: Path, fleet: Fleet) -> No
     assert [i["problems"] for i in json.loads(proc.stdout)] == [["expired"]]
     missing = await run_cli("inventory", "--db", f"sqlite:///{tmp_path / 'none.db'}")
     assert_one_line_error(missing, "no inventory at")
+
+    # The scan's probes are SLI events: 1 good, 2 bad (expiring, expired).
+    proc = await run_cli("slo", "status", "--db", db, "--format", "json")
+    assert proc.returncode == 1, proc.stderr  # the valid-ratio page fires
+    by_slo = {s["slo"]: s for s in json.loads(proc.stdout)}
+    valid = by_slo["cert-valid-ratio"]
+    five = next(w for w in valid["windows"] if w["window"] == "5m")
+    assert abs(five["error_ratio"] - 2 / 3) < 1e-9
+    assert any(a["severity"] == "page" and a["firing"] for a in valid["alerts"])
+    assert by_slo["cert-renewal-success"]["events_in_period"] in (0, None)
+    table = await run_cli("slo", "status", "--db", db)
+    assert "cert-valid-ratio" in table.stdout and "page" in table.stdout

@@ -71,6 +71,7 @@ def recording_rule_names(directory: Path = ALERTS) -> set[str]:
 
 def test_uids_are_stable_and_unique(boards: dict[str, dict[str, Any]]) -> None:
     assert list(boards) == ["certpilot-executive", "certpilot-oncall", "certpilot-debug"]
+    assert tuple(boards) == dash.UIDS
     assert [b["uid"] for b in boards.values()] == list(boards)
     assert len({b["title"] for b in boards.values()}) == 3
     assert set(dash.dashboard_files()) == {f"{uid}.json" for uid in boards}
@@ -176,6 +177,7 @@ def test_burn_rate_panels_draw_threshold_variables_from_the_slo_spec(
 
 
 def test_every_template_variable_used_is_defined(boards: dict[str, dict[str, Any]]) -> None:
+    assert set(BUILTINS) == set(dash.GRAFANA_BUILTINS)
     for b in boards.values():
         values = {**dash.variable_defaults(b), **BUILTINS}
         for p in _non_rows(b):
