@@ -12,6 +12,7 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Protocol
 
+from certpilot.domain.errors import CertpilotError
 from certpilot.domain.model import EndpointTarget
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -104,7 +105,7 @@ class DeployTarget(Protocol):
     async def rollback(self, receipt: DeployReceipt) -> None: ...
 
 
-class IssuerError(Exception):
+class IssuerError(CertpilotError):
     """An issuer failed. ``retry_after`` is set when the CA said when to come back (HTTP 429
     Retry-After, or a badNonce worth retrying at once: 0)."""
 
@@ -115,7 +116,7 @@ class IssuerError(Exception):
         self.retry_after = retry_after
 
 
-class DeployError(Exception):
+class DeployError(CertpilotError):
     """A deploy target failed (write, config test, reload, timeout)."""
 
     def __init__(self, target: str, step: str, message: str) -> None:
