@@ -11,12 +11,16 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
 from certpilot import __version__
+from certpilot.domain.audit import AuditEntry, anchor
 from certpilot.domain.clock import SystemClock
 from certpilot.domain.errors import CertpilotError, ConfigError, UsageError
 from certpilot.domain.judge import JudgePolicy
@@ -59,6 +63,24 @@ def _problem(text: str) -> ProblemCode:
     except ValueError as e:
         codes = ", ".join(c.value for c in ProblemCode)
         raise argparse.ArgumentTypeError(f"unknown problem code {text!r} (one of: {codes})") from e
+
+
+def _audit_head(text: str) -> tuple[int, str]:
+    seq, sep, digest = text.partition(":")
+    try:
+        if not sep or not seq.isdigit():
+            raise ValueError("expected SEQ:HASH")
+        return anchor((int(seq), digest))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from e
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--source", metavar="SOURCE", help="tls, file, ...")
     i.add_argument("--format", choices=["table", "json"], default="table")
 
+    au = sub.add_parser("audit", help="the tamper-evident audit log")
+    ausub = au.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
+    ausub.required = True
+    av = ausub.add_parser(
+        "verify",
+        help="check the audit hash chain; exit 1 naming the first edited or missing entry",
+        description="Recompute the audit log's hash chain. Exit 0 when it is intact, 1 naming "
+        "the first edited, missing or unlinked entry. Removing the newest entries leaves a "
+        "valid shorter chain: pass a head printed by an earlier run with --expect-head to "
+        "catch that (and a rewritten chain).",
+    )
+    al = ausub.add_parser("list", help="show the newest audit entries")
+    for ap in (av, al):
+        ap.add_argument(
+            "--db",
+            metavar="URL",
+            help="store URL (default: from --config or sqlite:///certpilot.db)",
+        )
+        ap.add_argument("--config", metavar="FILE")
+        ap.add_argument("--format", choices=["table", "json"], default="table")
+    av.add_argument(
+        "--expect-head",
+        type=_audit_head,
+        metavar="SEQ:HASH",
+        help="a head recorded earlier (HASH: at least 16 hex digits)",
+    )
+    al.add_argument("--limit", type=_positive_int, default=50, help="how many entries (default 50)")
+
     so = sub.add_parser("slo", help="SLOs: error budgets and burn rates")
     sosub = so.add_subparsers(dest="slo_command", metavar="ACTION", parser_class=_Parser)
     sosub.required = True
@@ -211,6 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("dashboards"), metavar="DIR", help="default: dashboards"
     )
     gg.add_argument("--check", action="store_true", help="compare instead of writing")
+
+    po = sub.add_parser("policy", help="the remediation policy: which rule applies and why")
+    posub = po.add_subparsers(dest="policy_command", metavar="ACTION", parser_class=_Parser)
+    posub.required = True
+    pe = posub.add_parser(
+        "explain",
+        help="say which rule applies to NAME, each check and the verdict",
+        description="Look NAME up in the inventory (a host, SAN, location ref or certificate "
+        "fingerprint) and explain, for every location that holds it, which policy rule applies "
+        "and why, each check of the action and its outcome. A NAME not in the inventory is "
+        "explained by the name alone.",
+    )
+    pe.add_argument("name", metavar="NAME", help="host, SAN, inventory ref or fingerprint")
+    pe.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (default: policy.yaml next to --config, else the built-in defaults)",
+    )
+    pe.add_argument("--db", metavar="URL", help="store URL (default: from --config)")
+    pe.add_argument("--config", metavar="FILE")
+    pe.add_argument("--action", choices=["renew", "redeploy", "revoke"], default="renew")
+    pe.add_argument(
+        "--at", type=_timestamp, metavar="TIME", help="decide as of TIME (ISO 8601; default now)"
+    )
+    pe.add_argument("--format", choices=["table", "json"], default="table")
     return p
 
 
@@ -368,6 +443,55 @@ def _require_db(url: str) -> None:
             )
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from certpilot.store import AuditLog
+
+    url = _store_url(args)
+    _require_db(url)
+    with AuditLog.open(url) as log:
+        if args.audit_command == "verify":
+            verdict = log.verify(args.expect_head)
+        else:
+            entries = log.latest(args.limit)
+    if args.audit_command == "verify":
+        if args.format == "json":
+            json.dump(verdict.to_dict(), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(verdict.one_line())
+        return EXIT_OK if verdict.ok else EXIT_PROBLEMS
+    if args.format == "json":
+        for entry in entries:
+            sys.stdout.write(json.dumps(entry.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        out = _console()
+        out.print(_audit_table(entries))
+        out.print(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}")
+    return EXIT_OK
+
+
+def _audit_table(entries: Sequence[AuditEntry]) -> Table:
+    table = Table(title_justify="left")
+    for name in ("seq", "at (UTC)", "actor", "action", "subject", "rule", "change", "result"):
+        table.add_column(name, justify="right" if name == "seq" else "left")
+    for e in entries:
+        change = f"{e.before} -> {e.after}" if e.before or e.after else ""
+        result = Text(e.result, style="red" if e.result in {"denied", "failed"} else "")
+        # Text, not str: entry fields are data (a Slack user's input) and must not be read
+        # as rich markup.
+        table.add_row(
+            Text(str(e.seq)),
+            Text(e.at.strftime("%Y-%m-%d %H:%M:%S")),
+            Text(e.actor),
+            Text(e.action),
+            Text(e.subject),
+            Text(e.rule),
+            Text(change),
+            result,
+        )
+    return table
+
+
 def _config_check(args: argparse.Namespace) -> int:
     path = args.file or args.config_opt
     if not path:
@@ -444,6 +568,97 @@ def _dashboards(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _policy_explain(args: argparse.Namespace) -> int:
+    from rich.table import Table as RichTable
+    from rich.text import Text as RichText
+
+    from certpilot.domain.chain import hostname_matches
+    from certpilot.domain.inventory import InventoryItem
+    from certpilot.domain.x509 import iso
+    from certpilot.store import Inventory
+    from remediator.policy import DEFAULT_POLICY, Action, CertFacts, Facts, Request, decide
+    from remediator.policy_config import default_policy_path, load_policy
+
+    path = args.policy or default_policy_path(args.config)
+    policy = load_policy(path) if path else DEFAULT_POLICY
+    source = str(path) if path else "built-in defaults"
+    now: datetime = args.at or SystemClock().now()
+    url = _store_url(args)
+    items: list[InventoryItem] = []
+    # Without --db/--config and no inventory yet, a name can still be explained on its own.
+    if args.db or args.config or Path(url.removeprefix("sqlite:///")).exists():
+        _require_db(url)
+        with Inventory.open(url) as inventory:
+            items = inventory.items(now=now)
+    name = args.name.strip().lower()
+    hexed = name.replace(":", "")
+    is_hex = len(hexed) >= 8 and all(c in "0123456789abcdef" for c in hexed)
+
+    def holds(it: InventoryItem) -> bool:
+        fp = (it.fingerprint_sha256 or "").lower()
+        return (
+            name in {it.ref.lower(), it.target.lower(), (it.subject_cn or "").lower()}
+            or any(h.lower() == name for h in CertFacts.from_item(it).hosts)
+            or (is_hex and fp.startswith(hexed))
+            or (bool(it.sans) and hostname_matches(name, it.sans))
+        )
+
+    pairs: list[tuple[InventoryItem | None, CertFacts]] = [
+        (it, CertFacts.from_item(it)) for it in items if holds(it)
+    ] or [(None, CertFacts(names=(args.name,)))]
+    action = Action(args.action)
+    at = iso(now.astimezone(UTC))
+    results = [
+        (it, cert, decide(Request(action, cert, requester="cli"), Facts(), policy, now))
+        for it, cert in pairs
+    ]
+    if args.format == "json":
+        doc = {
+            "name": args.name,
+            "policy": source,
+            "at": at,
+            "action": action.value,
+            "in_inventory": pairs[0][0] is not None,
+            "results": [
+                {
+                    "ref": it.ref if it else None,
+                    "certificate": it.to_dict(now) if it else {"names": list(cert.names)},
+                    "rule": policy.select(cert).rule.to_dict(),
+                    "decision": d.to_dict(),
+                }
+                for it, cert, d in results
+            ],
+        }
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    out = _console()
+    out.print(f"policy: {source}; as of {at}", soft_wrap=True)
+    if pairs[0][0] is None:
+        out.print(f"{args.name}: not in the inventory; explained by the name alone", soft_wrap=True)
+    colour = {"allow": "green", "deny": "bold red", "wait": "yellow", "not_due": "cyan"}
+    for it, cert, d in results:
+        where = it.ref if it else args.name
+        if cert.not_after is not None:
+            out.print(
+                f"{where}: {', '.join(cert.names[:4])}; {cert.key_spec or '?'}; "
+                f"expires {iso(cert.not_after.astimezone(UTC))}; issuer {cert.issuer or '?'}",
+                soft_wrap=True,
+            )
+        table = RichTable(title=where, title_justify="left")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("why", overflow="fold")
+        for rule_name, why in d.skipped_rules:
+            table.add_row(RichText(f"rule {rule_name}", "dim"), RichText("no match", "dim"), why)
+        for c in d.reasons:
+            mark = RichText("pass", "green") if c.passed else RichText("holds", "yellow")
+            table.add_row(c.name, mark, c.explanation)
+        out.print(table)
+        out.print(RichText(d.summary(), colour.get(d.verdict.value, "magenta")), soft_wrap=True)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -462,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config_check(args)
         if args.command == "slo":
             return _slo_status(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "run":
             return asyncio.run(_run(args))
         if args.command == "rules":
@@ -470,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_demo(args))
         if args.command == "dashboards":
             return _dashboards(args)
+        if args.command == "policy":
+            return _policy_explain(args)
     except CertpilotError as e:
         print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USAGE

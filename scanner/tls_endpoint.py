@@ -166,6 +166,24 @@ def _ssl_reason(e: SSL.Error) -> str:
 
 _Chain = tuple[list[bytes], str]
 
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+_TCP_ESTABLISHED = 1  # include/net/tcp_states.h
+
+
+def _established(sock: socket.socket) -> bool:
+    """True when a non-blocking connect has already completed.
+
+    On loopback (and to a local peer) the TCP handshake is done before ``connect()`` returns
+    EINPROGRESS: asking the kernel (``TCP_INFO``'s first byte is the state) saves a writer
+    registration and a loop iteration per probe. Elsewhere, or when in doubt, wait as usual.
+    """
+    if _TCP_INFO is None:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _TCP_ESTABLISHED
+    except OSError:
+        return False
+
 
 class _Handshake:
     """Connect and TLS-handshake one socket from event-loop callbacks.
@@ -216,8 +234,11 @@ class _Handshake:
             self._fail(_connect_failure(self._address, OSError(str(e))))
             return
         if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
-            self._writing = True
-            loop.add_writer(self._fd, self._connected)
+            if _established(sock):
+                self._start_tls()
+            else:
+                self._writing = True
+                loop.add_writer(self._fd, self._connected)
         elif err:
             self._fail(_connect_failure(self._address, OSError(err, os.strerror(err))))
         else:

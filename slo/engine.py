@@ -11,27 +11,34 @@ engine                              Prometheus series
 ``WindowResult.error_ratio``        ``slo:sli_error:ratio_rate<w>`` = ``sum(rate(bad[w])) /
                                     sum(rate(total[w]))`` at ``now``
 ``WindowResult.burn_rate``          that ratio ``/ on(...) slo:error_budget:ratio``
-``SLOStatus.period_error_ratio``    ``slo:sli_error:ratio_rate30d``, Sloth's optimised rule:
+``SLOStatus.period_error_ratio``    ``slo:sli_error:ratio_rate30d``, as ``slo.period_ratio``
+                                    says: ``"optimized"`` (Sloth's default)
                                     ``sum_over_time(ratio_rate5m[30d]) / count_over_time(...)``
-                                    over the 5m ratio as recorded every ``eval_interval``
+                                    over the 5m ratio as recorded every ``eval_interval``;
+                                    ``"events"`` (Sloth's non-optimised rule)
+                                    ``sum(rate(bad[30d])) / sum(rate(total[30d]))``
 ``SLOStatus.period_burn_rate``      ``slo:period_burn_rate:ratio``
 ``SLOStatus.budget_remaining_ratio``  ``slo:period_error_budget_remaining:ratio`` (may be < 0)
 ``AlertCondition.firing``           one ``short and long`` block of Sloth's burn-rate alert
 ==================================  ==============================================================
 
-The period ratio is a mean of 5-minute ratios (each 5-minute window weighs the same whatever
-its traffic), not events-weighted; it is what Sloth's dashboards show and what Prometheus alerts
-on, so the engine reports the same. The 5m series is simulated as if the rule group had run at
-``now``, ``now - eval_interval``, ... back to ``now - period`` (both ends inclusive, 2.x range
-semantics).
+The optimised period ratio is a mean of 5-minute ratios (each 5-minute window weighs the same
+whatever its traffic), not events-weighted; it is what Sloth's dashboards show and what
+Prometheus alerts on, so the engine reports the same. The 5m series is simulated as if the rule
+group had run at ``now``, ``now - eval_interval``, ... back to ``now - period`` (both ends
+inclusive, 2.x range semantics). The ``"events"`` period ratio is events-weighted: the same
+``rate()`` ratio as the other windows, over the whole period, at ``now`` (``eval_interval`` plays
+no part in it).
 
 "No number" is ``None``. PromQL would produce no sample (fewer than two samples in the window)
-or ``NaN`` (``0/0``: no events at all in the window); the engine reports both as ``None``. A
-single event-free 5-minute window inside the period makes Prometheus' ``ratio_rate30d`` ``NaN``
-(``sum_over_time`` propagates it), so a low-traffic SLO has ``period_error_ratio is None``
-exactly when its Prometheus recording is ``NaN``. ``±Inf`` (events counted as bad but none in
-total) stays a float in the dataclasses; :meth:`SLOStatus.to_dict` writes every non-finite
-number as ``null``.
+or ``NaN`` (``0/0``: no events at all in the window); the engine reports both as ``None``. With
+the optimised period ratio, a single event-free 5-minute window inside the period makes
+Prometheus' ``ratio_rate30d`` ``NaN`` (``sum_over_time`` propagates it), so a low-traffic SLO has
+``period_error_ratio is None`` exactly when its Prometheus recording is ``NaN``: such SLOs use
+``period_ratio="events"``, which is ``None`` only when the period holds no event (or fewer
+than two samples).
+``±Inf`` (events counted as bad but none in total) stays a float in the dataclasses;
+:meth:`SLOStatus.to_dict` writes every non-finite number as ``null``.
 """
 
 from __future__ import annotations
@@ -45,7 +52,16 @@ from typing import Any
 from certpilot.domain.errors import ConfigError
 from certpilot.domain.sli import SLIEvent, SLISample
 from slo import promql
-from slo.spec import SLI_WINDOWS, BurnWindow, SLOSpec, window_name, window_seconds
+from slo.spec import (
+    PERIOD_RATIO_EVENTS,
+    PERIOD_RATIO_OPTIMIZED,
+    PERIOD_RATIOS,
+    SLI_WINDOWS,
+    BurnWindow,
+    SLOSpec,
+    window_name,
+    window_seconds,
+)
 
 __all__ = [
     "SEVERITIES",
@@ -276,6 +292,7 @@ class SLOStatus:
             "objective_ratio": s.objective_ratio,
             "error_budget_ratio": s.error_budget_ratio,
             "period": s.period,
+            "period_ratio": s.period_ratio,
             "at": self.at.isoformat(),
             "windows": [
                 {
@@ -393,20 +410,47 @@ def _window_ratio(series: CounterSeries, at_ms: int, range_ms: int) -> float | N
     return promql.div(num, den)
 
 
+def _period_ratio(
+    slo: SLOSpec, series: CounterSeries, now_ms: int, period_ms: int, interval_ms: int
+) -> float | None:
+    """``slo:sli_error:ratio_rate<period>`` at ``now`` as :mod:`slo.rules` generates it for
+    ``slo.period_ratio`` (None: no sample; NaN and Inf as PromQL computes them)."""
+    if slo.period_ratio == PERIOD_RATIO_EVENTS:
+        # (sum(rate(bad[30d]))) / (sum(rate(total[30d]))): the SLI's own expression over the
+        # period, including the bad + good sum of the preset total query.
+        return _window_ratio(series, now_ms, period_ms)
+    assert slo.period_ratio == PERIOD_RATIO_OPTIMIZED
+    return promql.sloth_period_ratio_of_counters(
+        series._batch_times(),
+        [series._batch_column("bad")],
+        [series._batch_column(name) for name in series._den_names()],
+        now_ms,
+        period_ms,
+        interval_ms,
+        window_seconds(period_source_window(slo)) * 1000,
+    )
+
+
 def evaluate(
     slo: SLOSpec, series: CounterSeries, now: datetime, *, eval_interval: float = 60.0
 ) -> SLOStatus:
     """Evaluate ``slo`` at ``now`` over ``series`` (samples after ``now`` are ignored).
 
-    ``eval_interval`` is the rule group's evaluation interval in seconds: the period ratio
-    averages the short-window ratio recorded that often. Does not validate the burn windows
-    (see :func:`validate_slo`); a window that is not a Prometheus duration raises ValueError.
-    Cost: one sliding pass over ``period / eval_interval`` ticks (43,201 for 30d at 60 s).
+    ``eval_interval`` is the rule group's evaluation interval in seconds: the optimised period
+    ratio averages the short-window ratio recorded that often. Does not validate the burn
+    windows (see :func:`validate_slo`); a window that is not a Prometheus duration, or a
+    ``period_ratio`` other than ``"optimized"`` and ``"events"``, raises ValueError.
+    Cost: with ``"optimized"``, one sliding pass over ``period / eval_interval`` ticks (43,201
+    for 30d at 60 s); with ``"events"``, one ``rate()`` per counter over the period.
     """
     now_ms = promql.to_ms(_aware(now).timestamp())
     interval_ms = promql.to_ms(eval_interval)
     if interval_ms <= 0:
         raise ValueError("eval_interval must be positive")
+    if slo.period_ratio not in PERIOD_RATIOS:
+        raise ValueError(
+            f"period_ratio {slo.period_ratio!r} is not one of {', '.join(PERIOD_RATIOS)}"
+        )
     budget = slo.error_budget_ratio  # slo:error_budget:ratio, vector(1-<objective ratio>)
     ratios: dict[str, float | None] = {}
     windows: list[WindowResult] = []
@@ -434,16 +478,7 @@ def evaluate(
         )
 
     period_ms = window_seconds(slo.period) * 1000
-    src_ms = window_seconds(period_source_window(slo)) * 1000
-    period_ratio = promql.sloth_period_ratio_of_counters(
-        series._batch_times(),
-        [series._batch_column("bad")],
-        [series._batch_column(name) for name in series._den_names()],
-        now_ms,
-        period_ms,
-        interval_ms,
-        src_ms,
-    )
+    period_ratio = _period_ratio(slo, series, now_ms, period_ms, interval_ms)
     period_burn = None if period_ratio is None else promql.div(period_ratio, budget)
     remaining = None if period_burn is None else 1 - period_burn
     events = _rates(series, series._den_names(), now_ms, period_ms, is_rate=False)

@@ -21,6 +21,23 @@ SLI event schema (what the scanner, remediator and CT watcher emit, one event pe
 
 Events are counted in ``certpilot_sli_events_total{sli, result="good"|"bad"}`` and stored in
 the inventory's event log, so Prometheus and the in-process engine read the same stream.
+
+The period ratio (``slo:sli_error:ratio_rate30d``) comes in two forms,
+``SLOSpec.period_ratio``:
+
+- ``"optimized"``, Sloth's default: the mean over the period of the recorded short-window ratio,
+  ``sum_over_time(slo:sli_error:ratio_rate5m[30d]) / count_over_time(...)``. Cheap, but one
+  event-free 5-minute window (``0/0``, NaN) makes it NaN for the whole period.
+- ``"events"``, Sloth's non-optimised rule (``sloth generate --disable-optimized-rules``): the
+  SLI's own queries over the whole period, ``(error_query[30d]) / (total_query[30d])``. A number
+  as soon as the period holds an event: what low-traffic SLIs need (a few events a day). It
+  reads 30 days of raw samples at every evaluation, cheap for certpilot's two series per SLI.
+
+``valid_ratio`` and ``discovery_coverage`` see events every scan and keep Sloth's default; the
+four low-traffic SLIs (renewals, compromise replacements, issuances, deployments) use
+``"events"``. In a Sloth document the choice is a certpilot extension key on the SLO,
+``period_ratio: events``; without it, a certpilot plugin SLI gets its preset's choice and an
+``events`` SLI Sloth's ``"optimized"``.
 """
 
 from __future__ import annotations
@@ -43,6 +60,11 @@ SLI_METRIC = "certpilot_sli_events_total"
 SLI_WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+# How ``slo:sli_error:ratio_rate<period>`` is computed (see the module docstring).
+PERIOD_RATIO_OPTIMIZED = "optimized"
+PERIOD_RATIO_EVENTS = "events"
+PERIOD_RATIOS: tuple[str, ...] = (PERIOD_RATIO_OPTIMIZED, PERIOD_RATIO_EVENTS)
 
 
 def window_seconds(w: str) -> int:
@@ -114,6 +136,9 @@ class SLOSpec:
     sli: str | None = None  # a certpilot SLI id when this SLO is a preset
     period: str = "30d"
     burn_windows: tuple[BurnWindow, ...] = DEFAULT_BURN_WINDOWS
+    # "optimized" (Sloth's mean of the short-window ratio) or "events" (the queries over the
+    # whole period, Sloth's --disable-optimized-rules form): see the module docstring.
+    period_ratio: str = PERIOD_RATIO_OPTIMIZED
 
     @property
     def id(self) -> str:
@@ -151,6 +176,7 @@ class Preset:
     objective: float
     description: str
     runbook: str
+    period_ratio: str = PERIOD_RATIO_OPTIMIZED
 
 
 # Objectives are starting points for a typical fleet; a spec file overrides any of them.
@@ -168,6 +194,7 @@ PRESETS: tuple[Preset, ...] = (
         99.0,
         "Certificate renewals succeed.",
         "renewal-success",
+        PERIOD_RATIO_EVENTS,  # a few events a day: most 5-minute windows are empty
     ),
     Preset(
         "compromise_replacement",
@@ -175,6 +202,7 @@ PRESETS: tuple[Preset, ...] = (
         99.0,
         "Compromised certificates are replaced and deployed within 24 hours.",
         "compromise-replacement",
+        PERIOD_RATIO_EVENTS,  # a few events a day: most 5-minute windows are empty
     ),
     Preset(
         "issuance_latency",
@@ -182,6 +210,7 @@ PRESETS: tuple[Preset, ...] = (
         99.0,
         "Issued certificates are deployed and verified within 5 minutes of the order.",
         "issuance-latency",
+        PERIOD_RATIO_EVENTS,  # a few events a day: most 5-minute windows are empty
     ),
     Preset(
         "complete_deployments",
@@ -189,6 +218,7 @@ PRESETS: tuple[Preset, ...] = (
         99.5,
         "Deployments reach every target they should.",
         "complete-deployments",
+        PERIOD_RATIO_EVENTS,  # a few events a day: most 5-minute windows are empty
     ),
     Preset(
         "discovery_coverage",
@@ -200,6 +230,15 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 RUNBOOK_BASE = "https://github.com/certpilot/certpilot/blob/main/docs/runbooks.md#"
+
+
+def default_period_ratio(sli: str | None) -> str:
+    """The period ratio an SLO gets when its spec does not say: its preset's for a certpilot
+    SLI, Sloth's ``"optimized"`` otherwise."""
+    for p in PRESETS:
+        if p.sli == sli:
+            return p.period_ratio
+    return PERIOD_RATIO_OPTIMIZED
 
 
 def sli_queries(sli: str) -> tuple[str, str]:
@@ -224,6 +263,7 @@ def preset_slo(
         total_query=total,
         description=preset.description,
         sli=preset.sli,
+        period_ratio=preset.period_ratio,
         alerting=AlertSpec(
             name=f"Certpilot{camel}BudgetBurn",
             labels=MappingProxyType({"category": "certificates"}),
@@ -341,6 +381,15 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
         alert_name = al.get("name", "")
         if not isinstance(alert_name, str):
             raise ConfigError(source, f"{where}.alerting.name", "expected a string", alert_name)
+        # certpilot extension (Sloth has no such key): how the period ratio is computed.
+        period_ratio = item.get("period_ratio", default_period_ratio(preset_sli))
+        if not isinstance(period_ratio, str) or period_ratio not in PERIOD_RATIOS:
+            raise ConfigError(
+                source,
+                f"{where}.period_ratio",
+                "expected one of " + ", ".join(PERIOD_RATIOS),
+                period_ratio,
+            )
         out.append(
             SLOSpec(
                 service=service,
@@ -364,6 +413,7 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
                     td,
                 ),
                 sli=preset_sli,
+                period_ratio=period_ratio,
             )
         )
     return SLOSet(service, tuple(out), labels)
@@ -409,6 +459,8 @@ def dump_sloth(slo_set: SLOSet) -> dict[str, Any]:
         if own:
             doc["labels"] = own
         doc["sli"] = sli
+        if s.period_ratio != default_period_ratio(s.sli):
+            doc["period_ratio"] = s.period_ratio
         a = s.alerting
         doc["alerting"] = {
             "name": a.name,

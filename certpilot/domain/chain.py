@@ -157,10 +157,23 @@ def _result(
 
 def _to_ascii(name: str) -> str:
     name = name.strip().rstrip(".").lower()
+    if name.isascii():
+        return name  # the IDNA codec returns an ASCII name unchanged (or rejects it: same here)
     try:
         return name.encode("idna").decode("ascii")
     except UnicodeError:
         return name
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # An IP literal has a ':' (v6) or only digits and dots (v4): names skip the parser's two
+    # failed attempts, which cost more than the whole match.
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def hostname_matches(hostname: str, sans: Sequence[str]) -> bool:
@@ -169,18 +182,9 @@ def hostname_matches(hostname: str, sans: Sequence[str]) -> bool:
     A wildcard is honoured only as the whole left-most label (``*.example.com``) and matches
     exactly one label; IP addresses match only IP SANs, compared as addresses.
     """
-    try:
-        ip = ipaddress.ip_address(hostname.strip("[]"))
-    except ValueError:
-        ip = None
+    ip = _ip_address(hostname.strip("[]"))
     if ip is not None:
-        for san in sans:
-            try:
-                if ipaddress.ip_address(san) == ip:
-                    return True
-            except ValueError:
-                continue
-        return False
+        return any(_ip_address(san) == ip for san in sans)
     host = _to_ascii(hostname)
     host_labels = host.split(".")
     for san in sans:

@@ -142,17 +142,18 @@ def _key_facts(cert: x509.Certificate) -> tuple[str, int, bytes]:
     return "unknown", 0, spki
 
 
-def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> x509.ExtensionType | None:
+def _extensions(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, x509.ExtensionType]:
+    """Every extension value by OID, read in one pass (``get_extension_for_oid`` scans the
+    list each time). Duplicate or undecodable extensions make the lot unreadable: treated as
+    absent here, judged elsewhere."""
     try:
-        return cert.extensions.get_extension_for_oid(oid).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError:  # duplicate or undecodable extension: treat as absent, judge elsewhere
-        return None
+        return {ext.oid: ext.value for ext in cert.extensions}
+    except ValueError:
+        return {}
 
 
-def _sans(cert: x509.Certificate) -> tuple[str, ...]:
-    ext = _ext(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+def _sans(exts: dict[x509.ObjectIdentifier, x509.ExtensionType]) -> tuple[str, ...]:
+    ext = exts.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     if not isinstance(ext, x509.SubjectAlternativeName):
         return ()
     names: list[str] = []
@@ -164,17 +165,19 @@ def _sans(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _urls(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def _urls(
+    exts: dict[x509.ObjectIdentifier, x509.ExtensionType],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     crl: list[str] = []
     ocsp: list[str] = []
     ca_issuers: list[str] = []
-    dps = _ext(cert, ExtensionOID.CRL_DISTRIBUTION_POINTS)
+    dps = exts.get(ExtensionOID.CRL_DISTRIBUTION_POINTS)
     if isinstance(dps, x509.CRLDistributionPoints):
         for dp in dps:
             for gn in dp.full_name or ():
                 if isinstance(gn, x509.UniformResourceIdentifier):
                     crl.append(gn.value)
-    aia = _ext(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
+    aia = exts.get(ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
     if isinstance(aia, x509.AuthorityInformationAccess):
         for ad in aia:
             if isinstance(ad.access_location, x509.UniformResourceIdentifier):
@@ -199,10 +202,11 @@ def cert_info(cert: x509.Certificate, der: bytes | None = None) -> CertInfo:
         sig_hash = h.name if h is not None else None
     except UnsupportedAlgorithm:
         sig_hash = "unknown"
-    bc = _ext(cert, ExtensionOID.BASIC_CONSTRAINTS)
-    ski = _ext(cert, ExtensionOID.SUBJECT_KEY_IDENTIFIER)
-    aki = _ext(cert, ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
-    crl, ocsp, ca_issuers = _urls(cert)
+    exts = _extensions(cert)
+    bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
+    ski = exts.get(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
+    aki = exts.get(ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
+    crl, ocsp, ca_issuers = _urls(exts)
     return CertInfo(
         subject=_rfc4514(cert.subject),
         subject_cn=_cn(cert.subject),
@@ -217,7 +221,7 @@ def cert_info(cert: x509.Certificate, der: bytes | None = None) -> CertInfo:
         key_bits=key_bits,
         signature_algorithm=sig_name,
         signature_hash=sig_hash,
-        sans=_sans(cert),
+        sans=_sans(exts),
         is_ca=isinstance(bc, x509.BasicConstraints) and bc.ca,
         self_issued=cert.subject == cert.issuer,
         subject_key_id=ski.digest.hex() if isinstance(ski, x509.SubjectKeyIdentifier) else None,

@@ -13,6 +13,7 @@ and returns the domain dataclasses of ``certpilot.domain.inventory``, never thes
   one indexed query each.
 * ``event``: the append-only change log, with ids that consumers page through (``since_id``).
 * ``scan_run``: one row per scan (source, counts, start and finish).
+* ``audit_entry``: the audit log, a hash chain (see :mod:`certpilot.domain.audit`).
 
 Timestamps are :class:`~certpilot.store.coltypes.UTCDateTime`, JSON values
 :class:`~certpilot.store.coltypes.JSONText` (see that module for why).
@@ -21,7 +22,7 @@ Timestamps are :class:`~certpilot.store.coltypes.UTCDateTime`, JSON values
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Text
+from sqlalchemy import BigInteger, Integer, Table, Text
 from sqlmodel import Field, SQLModel
 
 from certpilot.store.coltypes import JSONText, UTCDateTime
@@ -164,6 +165,35 @@ class SLISampleRow(SQLModel, table=True):
     bad_total: float
 
 
+class AuditRow(SQLModel, table=True):
+    """One entry of the audit hash chain (certpilot.domain.audit.AuditEntry).
+
+    ``seq`` is assigned by :class:`certpilot.store.audit.AuditLog` under the write lock, never by
+    the database: the chain needs 1, 2, 3, ... without gaps, and the primary key refuses a
+    second entry with the same ``seq`` (a forked chain) even if the lock were bypassed.
+    """
+
+    __tablename__ = "audit_entry"
+
+    # BIGINT on PostgreSQL; on SQLite exactly INTEGER, so seq is the rowid.
+    seq: int = Field(
+        primary_key=True,
+        sa_type=BigInteger().with_variant(Integer(), "sqlite"),
+        sa_column_kwargs={"autoincrement": False},
+    )
+    at: datetime = Field(sa_type=UTCDateTime)
+    actor: str = Field(sa_type=Text)
+    action: str = Field(sa_type=Text)
+    subject: str = Field(sa_type=Text)
+    rule: str = Field(default="", sa_type=Text)
+    before: str = Field(default="", sa_type=Text)
+    after: str = Field(default="", sa_type=Text)
+    result: str = Field(sa_type=Text)
+    detail: dict[str, str] = Field(default_factory=dict, sa_type=JSONText)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
 def _table(model: Any) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -178,6 +208,7 @@ SCAN_RUN = _table(ScanRunRow)
 SLI_EVENT = _table(SLIEventRow)
 SLI_COUNTER = _table(SLICounterRow)
 SLI_SAMPLE = _table(SLISampleRow)
+AUDIT = _table(AuditRow)
 
 #: Every table of the inventory, in dependency order (parents first).
 INVENTORY_TABLES: tuple[Table, ...] = (
@@ -189,4 +220,5 @@ INVENTORY_TABLES: tuple[Table, ...] = (
     SLI_EVENT,
     SLI_COUNTER,
     SLI_SAMPLE,
+    AUDIT,
 )

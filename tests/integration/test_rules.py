@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from aiohttp import web
 
 from slo import rules
 from slo.alertmanager import alertmanager_config
-from slo.engine import CounterSeries, evaluate
-from slo.spec import default_slos
+from slo.engine import CounterSeries, SLOStatus, evaluate
+from slo.spec import SLI_METRIC, SLOSpec, default_slos
 from tests.support.services import find_binary, free_port, require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,6 +100,7 @@ def test_unit_tests_cover_every_alert() -> None:
 # --- the generated rules agree with the engine ------------------------------------------------
 
 VALID = next(s for s in default_slos().slos if s.sli == "valid_ratio")
+RENEWAL = next(s for s in default_slos().slos if s.sli == "renewal_success")
 STEP_S = 15
 EVAL_S = 60
 
@@ -147,40 +148,35 @@ def _synthetic(rng: random.Random, n: int) -> list[tuple[float | None, float | N
     return rows
 
 
-def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) -> None:
-    """Prometheus (promtool) on the committed rules vs slo.engine on the same samples.
-
-    Compared at several instants: slo:sli_error:ratio_rate5m/1h/6h and their burn rates,
-    slo:current_burn_rate:ratio, the period ratio and budget remaining, and whether the page
-    and the ticket burn-rate expressions fire.
-    """
-    # The valid-ratio SLO's groups, as committed (identical to the generator's: see the drift
-    # test); only them, so that promtool evaluates 17 rules per tick instead of 102.
+def _committed_groups(slo: SLOSpec) -> list[dict[str, Any]]:
+    """The SLO's three groups, as committed (identical to the generator's: see the drift test);
+    only them, so that promtool evaluates 17 rules per tick instead of 102."""
     committed = yaml.safe_load((ALERTS / rules.SLO_RULES_FILE).read_text(encoding="utf-8"))[
         "groups"
     ]
-    groups = [g for g in committed if g["name"].endswith(f"-{VALID.id}")]
+    groups = [g for g in committed if g["name"].endswith(f"-{slo.id}")]
     assert [g["name"] for g in groups] == [
-        f"sloth-slo-sli-recordings-{VALID.id}",
-        f"sloth-slo-meta-recordings-{VALID.id}",
-        f"sloth-slo-alerts-{VALID.id}",
+        f"sloth-slo-sli-recordings-{slo.id}",
+        f"sloth-slo-meta-recordings-{slo.id}",
+        f"sloth-slo-alerts-{slo.id}",
     ]
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    return groups
 
-    n = 4 * 240 + 20  # 4 h 5 min at 15 s
-    rows = _synthetic(random.Random(20240601), n)
-    kept = [(i * STEP_S, b, g) for i, (b, g) in enumerate(rows) if b is not None and g is not None]
-    series = CounterSeries(
-        times=[float(k[0]) for k in kept],
-        bad=[k[1] for k in kept],
-        total=[k[1] + k[2] for k in kept],
-        good=[k[2] for k in kept],
-    )
-    flt = rules.prom_filter(rules.id_labels(VALID))
+
+def _engine_checks(
+    slo: SLOSpec, series: CounterSeries, ats: Sequence[int]
+) -> tuple[list[Check], set[str], list[SLOStatus]]:
+    """Checks of every engine number at each instant against the generated series:
+    slo:sli_error:ratio_rate5m/1h/6h and their burn rates, slo:current_burn_rate:ratio, the
+    period ratio, the period burn rate and budget remaining, and whether the page and the ticket
+    burn-rate expressions fire. Also returns the severities that fired and the statuses."""
+    flt = rules.prom_filter(rules.id_labels(slo))
     checks: list[Check] = []
     fired: set[str] = set()
-    for at_s in (1800, 3600, 7500, 8100, 9000, 10800, 14400):
-        st = evaluate(VALID, series, datetime.fromtimestamp(at_s, UTC), eval_interval=EVAL_S)
+    statuses: list[SLOStatus] = []
+    for at_s in ats:
+        st = evaluate(slo, series, datetime.fromtimestamp(at_s, UTC), eval_interval=EVAL_S)
+        statuses.append(st)
         for w in ("5m", "1h", "6h"):
             res = st.window(w)
             assert res is not None
@@ -205,8 +201,8 @@ def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) ->
                 five.burn_rate,
             ),
             Check(
-                f"period ratio @{at_s}",
-                f"slo:sli_error:ratio_rate{VALID.period}{flt}",
+                f"period ratio ({slo.period_ratio}) @{at_s}",
+                f"slo:sli_error:ratio_rate{slo.period}{flt}",
                 at_s,
                 st.period_error_ratio,
             ),
@@ -230,17 +226,41 @@ def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) ->
             checks.append(
                 Check(
                     f"{severity} fires={firing} @{at_s}",
-                    f"count({rules.burn_alert_expr(VALID, severity)}) or vector(0)",
+                    f"count({rules.burn_alert_expr(slo, severity)}) or vector(0)",
                     at_s,
                     1.0 if firing else 0.0,
                 )
             )
-    # The series must exercise both outcomes, or the alert comparison proves little.
-    assert fired == {"page", "ticket"}, fired
+    return checks, fired, statuses
 
+
+def _counter_series(
+    rows: Sequence[tuple[float | None, float | None]], step_s: int
+) -> CounterSeries:
+    kept = [(i * step_s, b, g) for i, (b, g) in enumerate(rows) if b is not None and g is not None]
+    return CounterSeries(
+        times=[float(k[0]) for k in kept],
+        bad=[k[1] for k in kept],
+        total=[k[1] + k[2] for k in kept],
+        good=[k[2] for k in kept],
+    )
+
+
+def _promtool_agrees(
+    promtool: str,
+    tmp_path: Path,
+    slo: SLOSpec,
+    rows: Sequence[tuple[float | None, float | None]],
+    step_s: int,
+    checks: Sequence[Check],
+) -> None:
+    """Run the SLO's committed groups on ``rows`` ((bad, good) every ``step_s``, None: no
+    scrape) in promtool and require every check to hold."""
+    groups = _committed_groups(slo)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
     inputs = {
-        'certpilot_sli_events_total{sli="valid_ratio", result="bad"}': [r[0] for r in rows],
-        'certpilot_sli_events_total{sli="valid_ratio", result="good"}': [r[1] for r in rows],
+        f'{SLI_METRIC}{{sli="{slo.sli}", result="bad"}}': [r[0] for r in rows],
+        f'{SLI_METRIC}{{sli="{slo.sli}", result="good"}}': [r[1] for r in rows],
     }
     last = max(c.at_s for c in checks)
     doc = {
@@ -249,7 +269,7 @@ def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) ->
         "group_eval_order": [g["name"] for g in groups],
         "tests": [
             {
-                "interval": f"{STEP_S}s",
+                "interval": f"{step_s}s",
                 "input_series": [
                     {
                         "series": sel,
@@ -281,6 +301,68 @@ def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) ->
             if json.dumps(_check_doc(c)["expr"]) in out
         )
         pytest.fail(f"promtool disagrees with slo.engine:\n{failed}\n\n{out.strip()[:6000]}")
+
+
+def test_generated_rules_agree_with_the_engine(promtool: str, tmp_path: Path) -> None:
+    """Prometheus (promtool) on the committed valid-ratio rules (Sloth's optimised period
+    ratio) vs slo.engine on the same samples, at several instants."""
+    assert VALID.period_ratio == "optimized"
+    n = 4 * 240 + 20  # 4 h 5 min at 15 s
+    rows = _synthetic(random.Random(20240601), n)
+    series = _counter_series(rows, STEP_S)
+    checks, fired, _ = _engine_checks(VALID, series, (1800, 3600, 7500, 8100, 9000, 10800, 14400))
+    # The series must exercise both outcomes, or the alert comparison proves little.
+    assert fired == {"page", "ticket"}, fired
+    _promtool_agrees(promtool, tmp_path, VALID, rows, STEP_S, checks)
+
+
+LOW_STEP_S = 60
+
+
+def _low_traffic(rng: random.Random, n: int) -> list[tuple[float | None, float | None]]:
+    """(bad, good) renewal counters every minute: a handful of events over two days (almost
+    every 5m window holds none), counters continuing from stored values, a restart that resets
+    them, lost scrapes."""
+    good_at = set(rng.sample(range(30, n - 30), 8))
+    bad_at = set(rng.sample(sorted(set(range(200, n - 600)) - good_at), 2))
+    rows: list[tuple[float | None, float | None]] = []
+    bad, good = 2.0, 57.0
+    for i in range(n):
+        if i == 1700:  # restart
+            bad, good = 0.0, 0.0
+        bad += i in bad_at
+        good += i in good_at
+        lost = rng.random() < 0.02 and i not in good_at | bad_at
+        rows.append((None, None) if lost else (bad, good))
+    return rows
+
+
+def test_events_period_ratio_agrees_on_low_traffic(promtool: str, tmp_path: Path) -> None:
+    """A low-traffic SLO (renewal success, the "events" period ratio as committed) vs the engine:
+    every number of the other test, and Sloth's optimised period expression on the same
+    recorded 5m ratios, which is NaN where the events ratio is a number."""
+    assert RENEWAL.period_ratio == "events"
+    n = 2 * 1440 + 10  # two days at 1 min
+    rows = _low_traffic(random.Random(20250301), n)
+    series = _counter_series(rows, LOW_STEP_S)
+    ats = (3 * 3600, 14 * 3600, 26 * 3600, 30 * 3600, 47 * 3600, 48 * 3600)
+    checks, _, statuses = _engine_checks(RENEWAL, series, ats)
+
+    optimized = replace(RENEWAL, period_ratio="optimized")
+    flt = rules.prom_filter(rules.id_labels(RENEWAL))
+    sloth_optimized = rules.period_ratio_rule(optimized)["expr"]
+    assert sloth_optimized.startswith(f"sum_over_time(slo:sli_error:ratio_rate5m{flt}[30d])")
+    for at_s in ats:
+        st = evaluate(optimized, series, datetime.fromtimestamp(at_s, UTC), eval_interval=EVAL_S)
+        assert st.period_error_ratio is None
+        checks.append(Check(f"optimized period ratio @{at_s}", sloth_optimized, at_s, None))
+    # The comparison covers numbers: once the first renewal is counted (after 3 h), the events
+    # ratio exists where the optimised one is NaN, with failed renewals in it (not only 0).
+    numbers = [st.period_error_ratio for st in statuses]
+    assert numbers[0] is None and all(x is not None for x in numbers[1:]), numbers
+    assert sum(x is not None and x > 0 for x in numbers) >= 3, numbers
+    assert all(st.budget_remaining_ratio is not None for st in statuses[1:])
+    _promtool_agrees(promtool, tmp_path, RENEWAL, rows, LOW_STEP_S, checks)
 
 
 # --- amtool -----------------------------------------------------------------------------------

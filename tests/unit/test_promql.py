@@ -12,7 +12,7 @@ import math
 import random
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -438,6 +438,7 @@ def test_promtool_agrees_on_functions(tmp_path: Path) -> None:
 
 
 # The engine next to Sloth-shaped recording rules, with a period short enough for a unit test.
+# Two SLOs on the same counters, one per period ratio form, evaluated in the same promtool run.
 
 _ENGINE_SLO = SLOSpec(
     service="svc",
@@ -454,12 +455,17 @@ _ENGINE_SLO = SLOSpec(
         BurnWindow("ticket", "1h", "30m", 1.0),
     ),
 )
+_ENGINE_SLO_EVENTS = replace(_ENGINE_SLO, name="valid-events", period_ratio="events")
 _WINDOWS = ("5m", "30m", "1h", "2h")
-_ID = '{sloth_id="svc-valid"}'
+
+
+def _flt(slo: SLOSpec) -> str:
+    return f'{{sloth_id="{slo.id}"}}'
 
 
 def _sloth_rules(slo: SLOSpec) -> list[dict[str, object]]:
     ids = {"sloth_id": slo.id, "sloth_service": slo.service, "sloth_slo": slo.name}
+    flt = _flt(slo)
     rules: list[dict[str, object]] = [
         {
             "record": f"slo:sli_error:ratio_rate{w}",
@@ -469,14 +475,22 @@ def _sloth_rules(slo: SLOSpec) -> list[dict[str, object]]:
         for w in _WINDOWS
     ]
     p = slo.period
-    rules += [
-        {
+    if slo.period_ratio == "events":  # Sloth's non-optimised rule: the queries over the period
+        period_rule: dict[str, object] = {
             "record": f"slo:sli_error:ratio_rate{p}",
-            "expr": f"sum_over_time(slo:sli_error:ratio_rate5m{_ID}[{p}])\n"
+            "expr": f"({slo.error_expr(p)})\n/\n({slo.total_expr(p)})\n",
+            "labels": {**ids, "sloth_window": p},
+        }
+    else:  # Sloth's optimised rule: the mean of the recorded 5m ratio
+        period_rule = {
+            "record": f"slo:sli_error:ratio_rate{p}",
+            "expr": f"sum_over_time(slo:sli_error:ratio_rate5m{flt}[{p}])\n"
             "/ ignoring (sloth_window)\n"
-            f"count_over_time(slo:sli_error:ratio_rate5m{_ID}[{p}])\n",
+            f"count_over_time(slo:sli_error:ratio_rate5m{flt}[{p}])\n",
             "labels": {"sloth_window": p},
-        },
+        }
+    rules += [
+        period_rule,
         {
             "record": "slo:error_budget:ratio",
             "expr": f"vector(1-{slo.objective / 100!r})",
@@ -484,24 +498,24 @@ def _sloth_rules(slo: SLOSpec) -> list[dict[str, object]]:
         },
         {
             "record": "slo:period_burn_rate:ratio",
-            "expr": f"slo:sli_error:ratio_rate{p}{_ID}\n/ on(sloth_id, sloth_slo, sloth_service) "
-            f"group_left\nslo:error_budget:ratio{_ID}",
+            "expr": f"slo:sli_error:ratio_rate{p}{flt}\n/ on(sloth_id, sloth_slo, sloth_service) "
+            f"group_left\nslo:error_budget:ratio{flt}",
             "labels": ids,
         },
         {
             "record": "slo:period_error_budget_remaining:ratio",
-            "expr": f"1 - slo:period_burn_rate:ratio{_ID}",
+            "expr": f"1 - slo:period_burn_rate:ratio{flt}",
             "labels": ids,
         },
     ]
-    return [{"name": "sloth-slo-sli-recordings-svc-valid", "interval": "1m", "rules": rules}]
+    return [{"name": f"sloth-slo-sli-recordings-{slo.id}", "interval": "1m", "rules": rules}]
 
 
 def _alert_expr(slo: SLOSpec, bw: BurnWindow) -> str:
     budget = repr((100 - slo.objective) / 100)
 
     def cond(w: str) -> str:
-        ratio = f"slo:sli_error:ratio_rate{w}{_ID}"
+        ratio = f"slo:sli_error:ratio_rate{w}{_flt(slo)}"
         return f"max({ratio} > ({bw.factor!r} * {budget})) without (sloth_window)"
 
     return f"{cond(bw.short)} and {cond(bw.long)}"
@@ -531,14 +545,41 @@ def _engine_inputs(
         g += rng.choice([5, 10])
         gappy.append((b, g))
     idle = [(min(i, 200) * 0.5, float(min(i, 200) * 10)) for i in range(n)]
-    return {"steady": steady, "bursty": bursty, "gappy": gappy, "idle": idle}
+    return {
+        "steady": steady,
+        "bursty": bursty,
+        "gappy": gappy,
+        "idle": idle,
+        "sparse": _sparse(rng, n),
+    }
+
+
+def _sparse(rng: random.Random, n: int) -> list[tuple[float | None, float | None]]:
+    """Low traffic: a handful of events over the period (most 5m windows hold none, so their
+    ratio is 0/0), counters not starting at 0, a restart and lost scrapes."""
+    event_at = {
+        **{i: "good" for i in rng.sample(range(40, n - 200), 9)},
+        **{i: "bad" for i in rng.sample(range(300, 700), 2)},
+    }
+    rows: list[tuple[float | None, float | None]] = []
+    b, g = 3.0, 40.0
+    for i in range(n):
+        if i == 620:  # restart
+            b, g = 0.0, 0.0
+        kind = event_at.get(i)
+        b += kind == "bad"
+        g += kind == "good"
+        lost = rng.random() < 0.03 and kind is None
+        rows.append((None, None) if lost else (b, g))
+    return rows
 
 
 @pytest.mark.parametrize("exact", [False, True], ids=["1e-12", "bit-exact"])
 def test_promtool_agrees_with_the_engine(tmp_path: Path, exact: bool) -> None:
     rng = random.Random(7)
     n = 1000  # 4 h 10 min at 15 s
-    slo = _ENGINE_SLO
+    slos = (_ENGINE_SLO, _ENGINE_SLO_EVENTS)
+    period_numbers: dict[tuple[str, str], list[float | None]] = {}
     for shape, rows in _engine_inputs(rng, n).items():
         sub = tmp_path / shape
         sub.mkdir()
@@ -557,35 +598,56 @@ def test_promtool_agrees_with_the_engine(tmp_path: Path, exact: bool) -> None:
         )
         checks: list[Check] = []
         for at_s in (1800, 3600, 7380, 10800, 14940):
-            st = evaluate(slo, cs, datetime.fromtimestamp(at_s, UTC), eval_interval=60)
             at = at_s * S
-            for w in _WINDOWS:
-                res = st.window(w)
-                assert res is not None
-                checks.append(Check(f"slo:sli_error:ratio_rate{w}{_ID}", at, res.error_ratio, True))
-                checks.append(
-                    Check(
-                        f"slo:sli_error:ratio_rate{w}{_ID}"
-                        " / on() group_left slo:error_budget:ratio",
-                        at,
-                        res.burn_rate,
-                        True,
+            for slo in slos:
+                st = evaluate(slo, cs, datetime.fromtimestamp(at_s, UTC), eval_interval=60)
+                period_numbers.setdefault((shape, slo.period_ratio), []).append(
+                    st.period_error_ratio
+                )
+                flt = _flt(slo)
+                for w in _WINDOWS:
+                    res = st.window(w)
+                    assert res is not None
+                    ratio = f"slo:sli_error:ratio_rate{w}{flt}"
+                    checks.append(Check(ratio, at, res.error_ratio, True))
+                    checks.append(
+                        Check(
+                            f"{ratio} / on() group_left slo:error_budget:ratio{flt}",
+                            at,
+                            res.burn_rate,
+                            True,
+                        )
                     )
-                )
-            checks += [
-                Check(f"slo:sli_error:ratio_rate{slo.period}", at, st.period_error_ratio, True),
-                Check("slo:period_burn_rate:ratio", at, st.period_burn_rate, True),
-                Check(
-                    "slo:period_error_budget_remaining:ratio", at, st.budget_remaining_ratio, True
-                ),
-                Check(
-                    f'sum(increase(certpilot_sli_events_total{{sli="valid_ratio"}}[{slo.period}]))',
-                    at,
-                    st.events_in_period,
-                ),
-            ]
-            for bw, cond in zip(slo.burn_windows, st.alerts, strict=True):
-                checks.append(
-                    Check(f"count({_alert_expr(slo, bw)})", at, 1.0 if cond.firing else None)
-                )
-        promtool_agrees(sub, inputs, checks, rules=_sloth_rules(slo), exact=exact)
+                checks += [
+                    Check(
+                        f"slo:sli_error:ratio_rate{slo.period}{flt}",
+                        at,
+                        st.period_error_ratio,
+                        True,
+                    ),
+                    Check(f"slo:period_burn_rate:ratio{flt}", at, st.period_burn_rate, True),
+                    Check(
+                        f"slo:period_error_budget_remaining:ratio{flt}",
+                        at,
+                        st.budget_remaining_ratio,
+                        True,
+                    ),
+                    Check(
+                        "sum(increase("
+                        f'certpilot_sli_events_total{{sli="valid_ratio"}}[{slo.period}]))',
+                        at,
+                        st.events_in_period,
+                    ),
+                ]
+                for bw, cond in zip(slo.burn_windows, st.alerts, strict=True):
+                    checks.append(
+                        Check(f"count({_alert_expr(slo, bw)})", at, 1.0 if cond.firing else None)
+                    )
+        rules = _sloth_rules(_ENGINE_SLO) + _sloth_rules(_ENGINE_SLO_EVENTS)
+        promtool_agrees(sub, inputs, checks, rules=rules, exact=exact)
+    # The comparison covers numbers, not only "no number" on both sides: on busy shapes both
+    # forms give a period ratio; on the sparse one only the events form does.
+    assert all(x is not None for x in period_numbers[("steady", "optimized")])
+    assert all(x is not None for x in period_numbers[("steady", "events")])
+    assert all(x is None for x in period_numbers[("sparse", "optimized")])
+    assert sum(x is not None for x in period_numbers[("sparse", "events")]) >= 4

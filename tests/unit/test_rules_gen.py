@@ -309,6 +309,58 @@ def test_sloth_file_gives_sloths_expressions_and_labels(sloth_set: SLOSet) -> No
     assert "Common SLO based on availability" in page["annotations"]["description"]
 
 
+def test_events_period_ratio_is_sloths_non_optimised_rule(sloth_set: SLOSet) -> None:
+    """``period_ratio: events`` gives what ``sloth generate --disable-optimized-rules`` writes:
+    the period rule built like every other window (Sloth v0.10+)."""
+    doc = yaml.safe_load(SLOTH_DOC)
+    doc["slos"][0]["period_ratio"] = "events"
+    events_set = parse_sloth(doc, "slos.yml")
+    recs = _rules_by(rules.recording_rules(events_set), "record")
+    r30d = recs["slo:sli_error:ratio_rate30d"]
+    assert r30d["expr"] == (
+        '(sum(rate(http_request_duration_seconds_count{job="myservice",code=~"(5..|429)"}[30d])))\n'
+        "/\n"
+        '(sum(rate(http_request_duration_seconds_count{job="myservice"}[30d])))\n'
+    )
+    assert r30d["labels"] == {**recs["slo:sli_error:ratio_rate5m"]["labels"], "sloth_window": "30d"}
+    # Everything else is unchanged: the period burn rate and budget read the same series.
+    assert sloth_set.slos[0].period_ratio == "optimized"  # Sloth's default without the key
+    optimized = _rules_by(rules.recording_rules(sloth_set), "record")
+    assert {k: v for k, v in recs.items() if k != "slo:sli_error:ratio_rate30d"} == {
+        k: v for k, v in optimized.items() if k != "slo:sli_error:ratio_rate30d"
+    }
+    assert rules.alert_rules(events_set) == rules.alert_rules(sloth_set)
+
+
+def test_presets_record_the_period_ratio_their_traffic_needs() -> None:
+    slo_set = default_slos()
+    recs = rules.recording_rules(slo_set)
+    for i, slo in enumerate(slo_set.slos):
+        period_rule = recs[2 * i]["rules"][-1]
+        assert period_rule["record"] == "slo:sli_error:ratio_rate30d"
+        assert period_rule == rules.period_ratio_rule(slo)
+        if slo.period_ratio == "events":
+            assert period_rule["expr"] == (
+                f'(sum(rate(certpilot_sli_events_total{{sli="{slo.sli}",result="bad"}}[30d])))\n'
+                "/\n"
+                f'(sum(rate(certpilot_sli_events_total{{sli="{slo.sli}"}}[30d])))\n'
+            )
+        else:
+            assert period_rule["expr"].startswith("sum_over_time(slo:sli_error:ratio_rate5m{")
+    # A custom period follows the spec: the events rule reads the queries over it.
+    slo = replace(slo_set.slos[1], period="7d")
+    rule = rules.period_ratio_rule(slo)
+    assert rule["record"] == "slo:sli_error:ratio_rate7d"
+    assert "[7d]" in rule["expr"] and rule["labels"]["sloth_window"] == "7d"
+
+
+def test_unknown_period_ratio_is_a_config_error() -> None:
+    base = default_slos().slos[0]
+    with pytest.raises(ConfigError, match="period_ratio") as e:
+        rules.recording_rules(SLOSet("certpilot", (replace(base, period_ratio="fast"),)))
+    assert e.value.field == "period_ratio"
+
+
 def test_generate_writes_parseable_files_with_header(sloth_set: SLOSet, tmp_path: Path) -> None:
     out = tmp_path / "alerts"
     paths = rules.generate(sloth_set, out)

@@ -262,6 +262,98 @@ def test_an_idle_5m_window_makes_the_period_ratio_none_like_prometheus_nan() -> 
     assert st.events_in_period == pytest.approx(20 * 240, rel=1e-14)
 
 
+# --- the "events" period ratio (low-traffic SLOs) ---------------------------------------------
+
+RENEWAL = next(s for s in default_slos().slos if s.sli == "renewal_success")
+
+
+def sparse(
+    days: float = 3,
+    step: float = 60,
+    good_at: tuple[float, ...] = (),
+    bad_at: tuple[float, ...] = (),
+) -> CounterSeries:
+    """Counters from 0 scraped every ``step`` seconds for ``days``; an event at each offset (in
+    hours) of ``good_at``/``bad_at``, counted by the first scrape at or after it."""
+    events = [SLIEvent(T0 + timedelta(hours=h), "renewal_success", True) for h in good_at]
+    events += [SLIEvent(T0 + timedelta(hours=h), "renewal_success", False) for h in bad_at]
+    return CounterSeries.from_events(events, T0, T0 + timedelta(days=days), step=step)
+
+
+LOW_TRAFFIC = {"good_at": (2.5, 9.1, 20, 31.7, 44, 50.2, 66), "bad_at": (27.3,)}
+
+
+def test_low_traffic_period_ratio_counts_events_where_the_optimised_one_is_nan() -> None:
+    # Eight renewals in three days, one failed: almost every 5m window is 0/0.
+    s = sparse(**LOW_TRAFFIC)
+    now = T0 + timedelta(days=3)
+    assert RENEWAL.period_ratio == "events"
+    st = evaluate(RENEWAL, s, now)
+    optimized = evaluate(dataclasses.replace(RENEWAL, period_ratio="optimized"), s, now)
+    assert optimized.period_error_ratio is None  # Sloth's mean of 5m ratios: NaN in Prometheus
+    assert optimized.period_burn_rate is None and optimized.budget_remaining_ratio is None
+    assert ratios(st)["5m"] is None  # no event in the last 5 minutes: 0/0
+
+    # sum(rate(bad[30d])) / sum(rate(bad[30d]) + rate(good[30d])) at now, as PromQL computes it.
+    now_ms, period_ms = P.to_ms(now.timestamp()), 30 * 86_400_000
+    rb = P.rate(s.times_ms, s.bad, now_ms, period_ms)
+    rg = P.rate(s.times_ms, s.good or [], now_ms, period_ms)
+    assert rb is not None and rg is not None
+    assert st.period_error_ratio == P.div(rb, rb + rg)
+    # The counters start at 0 (no extrapolation) and the window covers them: 1 bad in 8.
+    assert st.period_error_ratio == pytest.approx(1 / 8, rel=1e-15)
+    budget = 1 - 0.99  # slo:error_budget:ratio, vector(1-0.99)
+    assert st.period_burn_rate == P.div(st.period_error_ratio, budget)
+    assert st.period_burn_rate == pytest.approx(12.5, rel=1e-12)
+    assert st.budget_remaining_ratio == 1 - st.period_burn_rate
+    assert st.events_in_period == 8.0
+    # The other windows and the alerts do not depend on the period ratio.
+    assert st.windows == optimized.windows and st.alerts == optimized.alerts
+    d = st.to_dict()
+    assert d["period_ratio"] == "events" and d["period_error_ratio"] == st.period_error_ratio
+    assert optimized.to_dict()["period_ratio"] == "optimized"
+
+
+def test_events_period_ratio_is_the_ratio_of_rates_over_the_period() -> None:
+    # On busy traffic the events ratio is the period window's ratio, events-weighted: the first
+    # hour has 10 % errors at 20 events per 15 s, the second hour none at 5 events per 15 s.
+    n = 481
+    t0 = T0.timestamp()
+    bad = [float(min(i, 240) * 2) for i in range(n)]
+    good = [18.0 * min(i, 240) + 5.0 * max(i - 240, 0) for i in range(n)]
+    s = CounterSeries(
+        [t0 + 15 * i for i in range(n)], bad, [b + g for b, g in zip(bad, good, strict=True)], good
+    )
+    now = T0 + timedelta(hours=2)
+    spec = slo(99.9, period_ratio="events")
+    st = evaluate(spec, s, now)
+    # 480 bad of 4800 + 1200 events; the mean of the 5m ratios would be about 0.05 instead.
+    assert st.period_error_ratio == pytest.approx(480 / 6000, rel=1e-14)
+    assert evaluate(slo(99.9), s, now).period_error_ratio == pytest.approx(0.05, rel=0.1)
+    # eval_interval only sets the optimised rule's recording ticks.
+    assert evaluate(spec, s, now, eval_interval=300) == st
+
+
+def test_events_period_ratio_is_none_without_events_or_samples() -> None:
+    now = T0 + timedelta(days=3)
+    st = evaluate(RENEWAL, sparse(), now)  # scraped for three days, nothing happened: 0/0
+    assert st.period_error_ratio is None
+    assert st.period_burn_rate is None and st.budget_remaining_ratio is None
+    assert st.events_in_period == 0.0
+    assert evaluate(RENEWAL, CounterSeries([], [], []), now).period_error_ratio is None
+    one = CounterSeries([T0.timestamp()], [1.0], [5.0], [4.0])  # a single sample: no rate
+    assert evaluate(RENEWAL, one, T0 + timedelta(minutes=1)).period_error_ratio is None
+    # An event older than the period no longer counts.
+    s = sparse(days=40, step=600, good_at=(1,), bad_at=(2,))
+    assert evaluate(RENEWAL, s, T0 + timedelta(days=20)).period_error_ratio is not None
+    assert evaluate(RENEWAL, s, T0 + timedelta(days=40)).period_error_ratio is None
+
+
+def test_unknown_period_ratio_is_rejected() -> None:
+    with pytest.raises(ValueError, match="period_ratio 'fast'"):
+        evaluate(slo(99.9, period_ratio="fast"), steady(), T0 + timedelta(hours=2))
+
+
 # --- status and JSON -------------------------------------------------------------------------
 
 

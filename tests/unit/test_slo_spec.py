@@ -14,7 +14,15 @@ from certpilot.domain.model import Observation
 from certpilot.domain.problems import Problem, ProblemCode
 from certpilot.domain.sli import SLI_IDS, coverage_events, valid_ratio_events
 from certpilot.store import Inventory
-from slo.spec import default_slos, dump_sloth, load_sloth, parse_sloth, sli_queries
+from slo.spec import (
+    PRESETS,
+    default_period_ratio,
+    default_slos,
+    dump_sloth,
+    load_sloth,
+    parse_sloth,
+    sli_queries,
+)
 
 SLOTH_DOC = """
 version: "prometheus/v1"
@@ -89,6 +97,55 @@ def test_errors_name_the_field(mutate: object, needle: str) -> None:
         parse_sloth(doc, "slos.yaml")
     assert needle in e.value.one_line()
     assert e.value.one_line().startswith("slos.yaml: ")
+
+
+def test_low_traffic_presets_use_the_events_period_ratio() -> None:
+    by_sli = {x.sli: x.period_ratio for x in default_slos().slos}
+    assert by_sli == {
+        "valid_ratio": "optimized",
+        "renewal_success": "events",
+        "compromise_replacement": "events",
+        "issuance_latency": "events",
+        "complete_deployments": "events",
+        "discovery_coverage": "optimized",
+    }
+    assert {p.sli: p.period_ratio for p in PRESETS} == by_sli
+    assert default_period_ratio(None) == "optimized"  # a Sloth events SLI: Sloth's default
+
+
+def test_period_ratio_key_in_sloth_documents() -> None:
+    doc = yaml.safe_load(SLOTH_DOC)
+    a, b = parse_sloth(doc, "slos.yaml").slos
+    assert a.period_ratio == "optimized" and b.period_ratio == "optimized"
+    # Without the key, a plugin SLI gets its preset's choice.
+    doc["slos"][1]["sli"]["plugin"]["id"] = "certpilot/renewal_success"
+    assert parse_sloth(doc, "slos.yaml").slos[1].period_ratio == "events"
+    # The key overrides it, either way.
+    doc["slos"][0]["period_ratio"] = "events"
+    doc["slos"][1]["period_ratio"] = "optimized"
+    s = parse_sloth(doc, "slos.yaml")
+    assert [x.period_ratio for x in s.slos] == ["events", "optimized"]
+    # Round trip: written only where it differs from the default.
+    dumped = dump_sloth(s)
+    assert [d.get("period_ratio") for d in dumped["slos"]] == ["events", "optimized"]
+    assert parse_sloth(yaml.safe_load(yaml.safe_dump(dumped)), "yaml") == s
+    defaults = dump_sloth(default_slos())
+    assert all("period_ratio" not in d for d in defaults["slos"])
+    assert [x.period_ratio for x in parse_sloth(defaults, "again").slos] == [
+        x.period_ratio for x in default_slos().slos
+    ]
+
+
+@pytest.mark.parametrize("value", ["fast", "Events", "", None, 1, ["events"]])
+def test_unknown_period_ratio_is_a_config_error(value: object) -> None:
+    doc = yaml.safe_load(SLOTH_DOC)
+    doc["slos"][1]["period_ratio"] = value
+    with pytest.raises(ConfigError) as e:
+        parse_sloth(doc, "slos.yaml")
+    assert e.value.field == "slos[1].period_ratio"
+    assert e.value.one_line().startswith(
+        "slos.yaml: slos[1].period_ratio: expected one of optimized, events"
+    )
 
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
