@@ -528,6 +528,9 @@ class _Window:
         self.limit = limit
         self.label = label
         self.times: list[datetime] = []
+        # earliest(t) only ever grows as events are added (the feasible set shrinks), so the
+        # last answer for ``t`` is where the next search for ``t`` may start.
+        self._hints: dict[datetime, datetime] = {}
 
     def add(self, at: datetime) -> None:
         insort(self.times, at)
@@ -535,30 +538,33 @@ class _Window:
     def count(self, end: datetime) -> int:
         return bisect_right(self.times, end) - bisect_right(self.times, end - self.limit.per)
 
-    def fits(self, t: datetime) -> bool:
-        per = self.limit.per
-        if self.count(t) + 1 > self.limit.limit:
-            return False
+    def _violation(self, t: datetime) -> datetime | None:
+        """The first window end in ``[t, t + per)`` already full, if any."""
+        full = self.limit.limit
+        if self.count(t) >= full:
+            return t
         i = bisect_right(self.times, t)
-        while i < len(self.times) and self.times[i] < t + per:
-            if self.count(self.times[i]) + 1 > self.limit.limit:
-                return False
-            i += 1
-        return True
+        stop = t + self.limit.per
+        while i < len(self.times) and self.times[i] < stop:
+            end = self.times[i]
+            if self.count(end) >= full:
+                return end
+            i = bisect_right(self.times, end)  # next distinct time
+        return None
+
+    def fits(self, t: datetime) -> bool:
+        return self._violation(t) is None
 
     def earliest(self, t: datetime) -> datetime:
         """The first moment at or after ``t`` an event fits: ``t`` itself, or when a counted
         event leaves the window."""
-        if self.fits(t):
-            return t
-        per = self.limit.per
-        i = bisect_right(self.times, t - per)
-        while i < len(self.times):
-            candidate = self.times[i] + per
-            if candidate > t and self.fits(candidate):
-                return candidate
-            i += 1
-        return t  # unreachable while limit >= 1: past the last event everything fits
+        at = max(t, self._hints.get(t, t))
+        while (full := self._violation(at)) is not None:
+            # No start in [at, full] fits: the window ending at ``full`` would still hold it.
+            # The next chance is the first moment after ``full`` that an event leaves.
+            at = self.times[bisect_right(self.times, full - self.limit.per)] + self.limit.per
+        self._hints[t] = at
+        return at
 
 
 def _window_fit(windows: Sequence[MaintenanceWindow], t: datetime) -> datetime:
@@ -667,7 +673,8 @@ class Decision:
     def summary(self) -> str:
         text = f"{self.action.value}: {self.verdict.value} (rule {self.rule})"
         if self.wait_until is not None:
-            text += f" until {_utc(self.wait_until)}"
+            word = "until" if self.verdict in {Verdict.WAIT, Verdict.NOT_DUE} else "not before"
+            text += f" {word} {_utc(self.wait_until)}"
         return text
 
     def to_dict(self) -> dict[str, object]:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import requests
 from acme import challenges, messages
@@ -81,6 +81,9 @@ from remediator.issuers._common import (
 
 log = logging.getLogger("certpilot.remediator.acme")
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 ACCOUNT_KEY_FILE = "account.key"
 ACCOUNT_FILE = "account.json"
 # RFC 9773 section 4.3: without Retry-After, poll about twice a day; never hammer the CA.
@@ -88,6 +91,7 @@ _ARI_DEFAULT_RETRY = timedelta(hours=6)
 _ARI_MIN_RETRY = timedelta(minutes=1)
 _ARI_MAX_RETRY = timedelta(days=1)
 _ERROR_PREFIX = "urn:ietf:params:acme:error:"
+_ACCOUNT_KEY_TYPES = ("EC-256", "RSA-2048", "RSA-3072", "RSA-4096")
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -144,8 +148,12 @@ class AcmeConfig:
             raise ValueError(f"http_port must be 0-65535, got {self.http_port}")
         if self.bad_nonce_retries < 0 or self.order_timeout <= 0 or self.network_timeout <= 0:
             raise ValueError("timeouts must be positive and bad_nonce_retries >= 0")
-        if parse_key_type(self.account_key_type)[0] == "EC" and "384" in self.account_key_type:
-            raise ValueError("account_key_type must be EC-256 or RSA-*")
+        if self.account_key_type.upper() not in _ACCOUNT_KEY_TYPES:
+            # JWS algorithms used: ES256 for P-256, RS256 for RSA (RFC 7518 section 3.1).
+            raise ValueError(
+                f"account_key_type must be one of {', '.join(_ACCOUNT_KEY_TYPES)}, "
+                f"got {self.account_key_type!r}"
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "acme issuer") -> AcmeConfig:
@@ -414,7 +422,12 @@ def _sleep_until_next(
 
 class _HttpResponder:
     """The built-in http-01 responder (RFC 8555 section 8.3): an aiohttp server that serves
-    ``/.well-known/acme-challenge/<token>`` while at least one order needs it."""
+    ``/.well-known/acme-challenge/<token>`` while at least one order needs it.
+
+    One per listen address in the process (:func:`_responder_for`): two ACME issuers answering
+    on the same port (production and staging CAs, say) share it; tokens are random, so their
+    entries never collide.
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -423,6 +436,7 @@ class _HttpResponder:
         self._users = 0
         self._runner: web.AppRunner | None = None
         self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         key_auth = self.tokens.get(request.match_info["token"])
@@ -431,8 +445,11 @@ class _HttpResponder:
         return web.Response(text=key_auth, content_type="application/octet-stream")
 
     async def acquire(self, issuer: str) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or (self._users == 0 and self._loop is not loop):
+            # An asyncio.Lock belongs to one loop; an idle responder may move to a new one
+            # (each ``asyncio.run`` of the CLI, each test).
+            self._lock, self._loop = asyncio.Lock(), loop
         async with self._lock:
             if self._users == 0:
                 app = web.Application()
@@ -461,6 +478,18 @@ class _HttpResponder:
                 await runner.cleanup()
 
 
+_RESPONDERS: dict[tuple[str, int], _HttpResponder] = {}
+_RESPONDERS_LOCK = threading.Lock()
+
+
+def _responder_for(host: str, port: int) -> _HttpResponder:
+    with _RESPONDERS_LOCK:
+        responder = _RESPONDERS.get((host, port))
+        if responder is None:
+            responder = _RESPONDERS[(host, port)] = _HttpResponder(host, port)
+        return responder
+
+
 # -- the issuer ---------------------------------------------------------------------------------
 
 
@@ -481,7 +510,7 @@ class AcmeIssuer:
         self._account_uri: str | None = None
         self._account_key: JWK | None = None
         self._responder = (
-            _HttpResponder(config.http_host, config.http_port)
+            _responder_for(config.http_host, config.http_port)
             if config.challenge == "http-01" and config.webroot is None
             else None
         )
@@ -519,19 +548,19 @@ class AcmeIssuer:
 
     # -- error mapping ------------------------------------------------------------------------
 
-    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _guard(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn`` (in the worker thread) and turn every CA-side failure into one
         :class:`IssuerError`. An unknown account (the CA lost its state) re-registers once."""
         try:
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             except messages.Error as e:
                 if _acme_code(e) != "accountDoesNotExist":
                     raise
                 log.info("%s: account unknown to the CA, registering again", self.name)
                 with self._account_lock:
                     self._account_uri = None
-                return fn(*args)
+                return fn(*args, **kwargs)
         except IssuerError:
             raise
         except Exception as e:
@@ -632,7 +661,8 @@ class AcmeIssuer:
                 self._register(client)
             yield client
         finally:
-            self.bad_nonces += net.bad_nonces
+            with self._account_lock:
+                self.bad_nonces += net.bad_nonces
             net.session.close()
 
     def _register(self, client: _Client) -> None:

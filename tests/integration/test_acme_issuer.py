@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from certpilot.domain.clock import FixedClock, SystemClock
 from certpilot.domain.remedy import (
@@ -100,7 +100,7 @@ def check_issued(
     assert rest == [intermediate]
     leaf.verify_directly_issued_by(intermediate)
     intermediate.verify_directly_issued_by(root)
-    san = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
     key = serialization.load_pem_private_key(cert.key_pem, password=None)
     assert key.public_key() == leaf.public_key()
@@ -334,6 +334,7 @@ async def test_ca_not_listening_is_unreachable(tmp_path: Path) -> None:
 async def test_pebble_down_then_back(pebble: Pebble, tmp_path: Path) -> None:
     acme = issuer(pebble, tmp_path / "state")
     await acme.issue(IssueRequest(names=("before.test.internal",)))
+    account_before = await acme.account()
     pebble.stop_pebble()
     try:
         with pytest.raises(IssuerError, match="CA unreachable: connection refused"):
@@ -343,6 +344,7 @@ async def test_pebble_down_then_back(pebble: Pebble, tmp_path: Path) -> None:
     # The restarted CA forgot every account: the issuer registers its same key again.
     cert = await acme.issue(IssueRequest(names=("after.test.internal",)))
     check_issued(pebble, cert, ("after.test.internal",))
+    assert await acme.account() != account_before
 
 
 async def test_bad_nonce_storm_still_issues(pebble: Pebble, tmp_path: Path) -> None:
@@ -412,12 +414,13 @@ async def issued(pebble: Pebble, tmp_path: Path) -> IssuedCertificate:
 
 def expected_cert_id(leaf: x509.Certificate) -> str:
     """RFC 9773 section 4.1, spelled out independently of the implementation."""
-    aki = leaf.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     der_serial = leaf.serial_number.to_bytes((leaf.serial_number.bit_length() + 8) // 8, "big")
 
     def b64(b: bytes) -> str:
         return base64.urlsafe_b64encode(b).decode().rstrip("=")
 
+    assert aki.key_identifier is not None
     return f"{b64(aki.key_identifier)}.{b64(der_serial)}"
 
 

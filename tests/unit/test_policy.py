@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from remediator.policy import (
     Verdict,
     can_approve,
     decide,
+    name_set,
     plan_renewals,
     renewal_due,
 )
@@ -288,7 +290,7 @@ def test_next_window_across_the_week_boundary() -> None:
 
 def test_windows_in_a_named_time_zone_follow_local_time() -> None:
     berlin = MaintenanceWindow(frozenset({SAT}), time(2, 0), time(5, 0), ZoneInfo("Europe/Berlin"))
-    # Summer (CEST, UTC+2): Saturday 02:00 in Berlin is Friday 00:00 UTC... of Saturday.
+    # Summer (CEST, UTC+2): Saturday 02:00 in Berlin is Saturday 00:00 UTC.
     assert berlin.next_start(NOW) == datetime(2025, 6, 7, 0, 0, tzinfo=UTC)
     assert berlin.contains(datetime(2025, 6, 7, 2, 59, tzinfo=UTC))
     assert not berlin.contains(datetime(2025, 6, 7, 3, 0, tzinfo=UTC))
@@ -331,9 +333,9 @@ def test_sixth_duplicate_certificate_waits_until_the_first_leaves_the_window() -
     assert why.startswith("5 of 5 per 7.0d used at le for these exact names: wait until")
     assert check(d, "rate_budget.new_orders")[0]
     # Then it fits: the oldest order no longer counts.
-    assert decide(renew(c), Facts(orders=orders), le_policy(), d.wait_until).verdict == (  # type: ignore[arg-type]
-        Verdict.ALLOW
-    )
+    assert d.wait_until is not None
+    later = decide(renew(c), Facts(orders=orders), le_policy(), d.wait_until)
+    assert later.verdict == Verdict.ALLOW
     # Four duplicates leave room for a fifth.
     assert decide(renew(c), Facts(orders=orders[1:]), le_policy(), NOW).verdict == Verdict.ALLOW
 
@@ -393,6 +395,40 @@ def test_mass_event_is_spread_into_hourly_batches_within_the_budget() -> None:
     )
     again = plan_renewals(fleet, policy, Facts(orders=recent), NOW)
     assert Counter(p.at for p in again)[NOW] == 15
+
+
+def test_random_fleets_never_exceed_any_budget_or_concurrency() -> None:
+    """Brute-force check of every sliding window over seeded random fleets and histories."""
+    rng = random.Random(4)
+    for _ in range(20):
+        per_hour = RateLimit(rng.randint(1, 8), timedelta(minutes=rng.choice((30, 60, 90))))
+        dupes = RateLimit(rng.randint(1, 3), timedelta(days=1))
+        policy = Policy(
+            rules=(Rule("r", issuers=("ca",), concurrency=rng.randint(1, 4)),),
+            issuers={"ca": IssuerBudget(duplicate_certificates=dupes, new_orders=per_hour)},
+        )
+        names = [f"n{i}.example" for i in range(6)]  # few names: duplicates collide
+        fleet = [cert(rng.choice(names), left=rng.uniform(-2, 40), fp=f"fp{i}") for i in range(40)]
+        history = tuple(
+            OrderRecord(NOW - timedelta(minutes=rng.uniform(0, 600)), "ca", frozenset({name}))
+            for name in rng.choices(names, k=rng.randint(0, 10))
+        )
+        job = timedelta(minutes=rng.choice((5, 20)))
+        plan = plan_renewals(
+            fleet, policy, Facts(orders=history), NOW, horizon=timedelta(days=20), job_duration=job
+        )
+        assert plan
+        events = [(o.at, o.names) for o in history] + [(p.at, name_set(p.names)) for p in plan]
+        for p in plan:
+            assert p.at >= max(NOW, p.due_at)
+            assert sum(1 for at, _ in events if p.at - per_hour.per < at <= p.at) <= per_hour.limit
+            mine = name_set(p.names)
+            assert (
+                sum(1 for at, n in events if n == mine and p.at - dupes.per < at <= p.at)
+                <= dupes.limit
+            )
+            running = sum(1 for q in plan if q.at <= p.at < q.at + job)
+            assert running <= (policy.rules[0].concurrency or 0)
 
 
 def test_plan_keeps_duplicate_limit_and_skips_denied_busy_and_not_due() -> None:
@@ -647,7 +683,8 @@ rules:
     assert quick.approvers == ("sre",)
     assert quick.mode(Action.REVOKE) == Mode.DENY and quick.mode(Action.RENEW) == Mode.AUTO
     window = quick.maintenance_windows[0]
-    assert (window.start, window.end, window.days) == (time(12, 30), time(0, 0), {SAT, SUN})
+    assert (window.start, window.end) == (time(12, 30), time(0, 0))  # 24:00 is midnight
+    assert window.days == frozenset({SAT, SUN})
     assert off.renew_before_days is None and off.maintenance_windows == ()
     assert policy.default.renew_before_fraction == pytest.approx(1 / 3)
 
