@@ -646,8 +646,8 @@ def _policy_explain(args: argparse.Namespace) -> int:
                 soft_wrap=True,
             )
         table = RichTable(title=where, title_justify="left")
-        table.add_column("check")
-        table.add_column("result")
+        table.add_column("check", no_wrap=True)
+        table.add_column("result", no_wrap=True)
         table.add_column("why", overflow="fold")
         for rule_name, why in d.skipped_rules:
             table.add_row(RichText(f"rule {rule_name}", "dim"), RichText("no match", "dim"), why)

@@ -84,9 +84,9 @@ def _human(delta: timedelta) -> str:
     sign = "-" if secs < 0 else ""
     secs = abs(secs)
     if secs >= 2 * 86400:
-        return f"{sign}{secs / 86400:.1f}d"
+        return f"{sign}{round(secs / 86400, 1):g}d"
     if secs >= 2 * 3600:
-        return f"{sign}{secs / 3600:.1f}h"
+        return f"{sign}{round(secs / 3600, 1):g}h"
     if secs >= 60:
         return f"{sign}{secs / 60:.0f}m"
     return f"{sign}{secs:.0f}s"
@@ -763,7 +763,9 @@ def _budget_checks(
     checks: list[Check] = []
     for w in windows:
         used = w.count(now)
-        scope = "for these exact names" if w.label == "duplicate_certificates" else "in all"
+        scope = (
+            "for these exact names" if w.label == "duplicate_certificates" else "across all names"
+        )
         head = f"{used} of {w.limit.describe()} used at {issuer} {scope}"
         if w.fits(now):
             checks.append(Check(f"rate_budget.{w.label}", True, head))

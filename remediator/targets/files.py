@@ -348,8 +348,8 @@ def _temp_path(path: Path) -> Path:
 def _remove_stale_temps(path: Path) -> None:
     """Temporary files a killed deploy left behind (they may hold a key: 0600, but still).
     One deploy per target at a time is the executor's job (jobs are locked)."""
-    prefix = f".{path.name}{_TMP_MARK}"
-    for stale in [p for p in path.parent.iterdir() if p.name.startswith(prefix)]:
+    prefixes = (f".{path.name}{_TMP_MARK}", f".{path.name}{PREV_SUFFIX}{_TMP_MARK}")
+    for stale in [p for p in path.parent.iterdir() if p.name.startswith(prefixes)]:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
 

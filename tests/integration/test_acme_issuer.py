@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import socket
 import stat
 import sys
@@ -303,6 +304,42 @@ async def test_account_key_is_persisted_and_reused(pebble: Pebble, tmp_path: Pat
     )
     assert isinstance(built, AcmeIssuer)
     assert await built.account() == uri
+
+
+EAB_KID = "kid-certpilot"
+EAB_HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+async def test_external_account_binding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CA that requires EAB (RFC 8555 section 7.3.4): the key id and HMAC key come from the
+    environment variables the config names, and the HMAC key is never logged or echoed."""
+    require_binary("pebble")
+    caplog.set_level(logging.DEBUG)
+    with Pebble(tmp_path / "pebble-eab", eab_keys={EAB_KID: EAB_HMAC}) as ca:
+        plain = issuer(ca, tmp_path / "plain")
+        with pytest.raises(IssuerError, match="requires external account binding"):
+            await plain.account()
+        names = {"eab_kid_env": "TEST_EAB_KID", "eab_hmac_env": "TEST_EAB_HMAC"}
+        bound = issuer(ca, tmp_path / "bound", **names)
+        with pytest.raises(IssuerError) as err:
+            await bound.account()
+        assert str(err.value) == (
+            "pebble: external account binding: set TEST_EAB_KID and TEST_EAB_HMAC "
+            "in the environment"
+        )
+        monkeypatch.setenv("TEST_EAB_KID", EAB_KID)
+        monkeypatch.setenv("TEST_EAB_HMAC", EAB_HMAC)
+        assert (await bound.account()).startswith(ca.directory_url.removesuffix("/dir"))
+        cert = await bound.issue(IssueRequest(names=("eab.test.internal",)))
+        assert cert.serial
+        monkeypatch.setenv("TEST_EAB_HMAC", "not base64 at all!")
+        wrong = issuer(ca, tmp_path / "wrong", **names)
+        with pytest.raises(IssuerError) as err:
+            await wrong.account()
+        assert "not base64 at all" not in str(err.value)
+    assert EAB_HMAC not in caplog.text
 
 
 async def test_ca_certificate_is_checked_against_the_given_bundle(

@@ -12,6 +12,8 @@ Knobs (Pebble reads them from its environment, see Pebble's README):
 - ``alternate_roots``: ``PEBBLE_ALTERNATE_ROOTS``, extra root hierarchies, each offered as an
   alternate chain (RFC 8555 section 7.4.2 ``Link: rel="alternate"``).
 - ``chain_length``: ``PEBBLE_CHAIN_LENGTH`` (root + intermediates).
+- ``eab_keys``: ``{kid: base64url HMAC key}``; when given, Pebble requires External Account
+  Binding for every new account.
 - ``PEBBLE_VA_NOSLEEP=1`` and ``PEBBLE_AUTHZREUSE=0`` always: no random 0-15 s validation
   sleeps, and every order really validates its challenges.
 
@@ -96,6 +98,7 @@ class Pebble:
         nonce_reject: int = 0,
         alternate_roots: int = 0,
         chain_length: int | None = None,
+        eab_keys: dict[str, str] | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         self.dir = Path(workdir).resolve()
@@ -105,6 +108,7 @@ class Pebble:
         self.nonce_reject = nonce_reject
         self.alternate_roots = alternate_roots
         self.chain_length = chain_length
+        self.eab_keys = dict(eab_keys or {})
         self.start_timeout = start_timeout
         (
             self.listen_port,
@@ -131,7 +135,7 @@ class Pebble:
         )
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.listen_port}",
                 "managementListenAddress": f"127.0.0.1:{self.management_port}",
@@ -140,9 +144,13 @@ class Pebble:
                 "httpPort": self.http_port,
                 "tlsPort": self.tls_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
+                "externalAccountBindingRequired": bool(self.eab_keys),
             }
         }
+        if self.eab_keys:
+            # kid -> base64url HMAC key (RFC 8555 section 7.3.4); then every newAccount needs one.
+            config["pebble"]["externalAccountMACKeys"] = self.eab_keys
+        return config
 
     # -- addresses -----------------------------------------------------------------------------
 

@@ -224,6 +224,16 @@ async def test_rollback_restores_bytes_and_modes_and_reloads(env: Env) -> None:
     assert not [n for n in env.listing() if "certpilot-tmp" in n]
 
 
+async def test_temp_files_left_by_a_killed_deploy_are_removed(env: Env) -> None:
+    env.install_old()
+    stale = [env.dir / ".tls.key.certpilot-tmp.0123456789ab"]
+    stale.append(env.dir / f".tls.key{PREV_SUFFIX}.certpilot-tmp.0123456789ab")
+    for p in stale:
+        write_key(p, b"half a key")
+    await env.target().deploy(env.new())
+    assert not [n for n in env.listing() if "certpilot-tmp" in n]
+
+
 async def test_rollback_removes_files_the_deploy_created(env: Env) -> None:
     target = env.target()
     receipt = await target.deploy(env.new())

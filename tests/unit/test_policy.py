@@ -330,7 +330,7 @@ def test_sixth_duplicate_certificate_waits_until_the_first_leaves_the_window() -
     assert d.wait_until == first + timedelta(days=7)
     passed, why = check(d, "rate_budget.duplicate_certificates")
     assert not passed
-    assert why.startswith("5 of 5 per 7.0d used at le for these exact names: wait until")
+    assert why.startswith("5 of 5 per 7d used at le for these exact names: wait until")
     assert check(d, "rate_budget.new_orders")[0]
     # Then it fits: the oldest order no longer counts.
     assert d.wait_until is not None
