@@ -12,6 +12,8 @@ declare -A NEED=(
   [promtool]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager
   [amtool]=prometheus-alertmanager
+  [pebble]=pebble
+  [pebble-challtestsrv]=pebble
 )
 
 missing=()
