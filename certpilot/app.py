@@ -18,7 +18,6 @@ from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
-from slo.engine import SLOStatus
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event
@@ -30,6 +29,7 @@ from certpilot.store import Inventory
 from scanner.runner import Progress, Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
 from slo import service as slo_service
+from slo.engine import SLOStatus
 from slo.spec import SLOSet
 
 log = logging.getLogger("certpilot.app")

@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Sloth prometheus/v1 spec (repeatable; default: certpilot's presets)",
     )
     ss.add_argument("--format", choices=["table", "json"], default="table")
+    sc = sosub.add_parser(
+        "convert",
+        help="convert SLO specs between Sloth prometheus/v1 and OpenSLO v1",
+        description="Read FILE, a Sloth prometheus/v1 document or OpenSLO openslo/v1 SLO/SLI "
+        "documents (detected), and write it as YAML in the other format (or --to). certpilot "
+        "details OpenSLO cannot express (alerting, presets) travel in certpilot.io/ "
+        "annotations, so a round trip is exact.",
+    )
+    sc.add_argument("file", type=Path, metavar="FILE")
+    sc.add_argument(
+        "--to", choices=["sloth", "openslo"], help="output format (default: the other one)"
+    )
+    sc.add_argument("--out", type=Path, metavar="FILE", help="write here (default: stdout)")
 
     c = sub.add_parser("config", help="configuration helpers")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
@@ -434,6 +447,26 @@ def _slo_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if any(st.firing_severity for st in statuses) else EXIT_OK
 
 
+def _slo_convert(args: argparse.Namespace) -> int:
+    from slo.openslo import convert_file
+
+    result = convert_file(args.file, args.to)
+    for line in result.warnings:
+        print(f"certpilot: warning: {line}", file=sys.stderr)
+    if args.out is None:
+        sys.stdout.write(result.text)
+        return EXIT_OK
+    try:
+        args.out.write_text(result.text, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("--out", "", f"cannot write: {e.strerror}", str(args.out)) from e
+    print(
+        f"wrote {args.out} ({result.target_format}, {len(result.slo_set.slos)} SLOs "
+        f"from {result.source_format})"
+    )
+    return EXIT_OK
+
+
 def _require_db(url: str) -> None:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url.removeprefix("sqlite:///"))
@@ -521,9 +554,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _rules(args: argparse.Namespace) -> int:
     from slo import rules
-    from slo.spec import default_slos, load_sloth
+    from slo.openslo import load_any
+    from slo.spec import default_slos
 
-    slo_sets = [load_sloth(f) for f in args.slo_file] or [default_slos()]
+    slo_sets = [load_any(f)[1] for f in args.slo_file] or [default_slos()]
     if args.check:
         stale = rules.check(slo_sets, args.out)
         for name in stale:
@@ -676,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             return _config_check(args)
         if args.command == "slo":
-            return _slo_status(args)
+            return _slo_convert(args) if args.slo_command == "convert" else _slo_status(args)
         if args.command == "audit":
             return _audit(args)
         if args.command == "run":

@@ -14,11 +14,12 @@ from certpilot.domain.sli import SLIEvent, coverage_events, valid_ratio_events
 from certpilot.obs import SLOGauges
 from certpilot.store import Inventory
 from slo.engine import CounterSeries, SLOStatus, evaluate, validate_slo
-from slo.spec import SLI_WINDOWS, SLOSet, default_slos, load_sloth, window_seconds
+from slo.openslo import load_any
+from slo.spec import SLI_WINDOWS, SLOSet, default_slos, window_seconds
 
 
 def load_slos(paths: Sequence[str], service: str = "certpilot") -> SLOSet:
-    """The SLOs to evaluate: the spec files given, or certpilot's six presets.
+    """The SLOs to evaluate: the spec files given (Sloth or OpenSLO), or certpilot's presets.
 
     Every SLO's burn-rate windows are checked; a set that can never fire is a ConfigError.
     """
@@ -30,7 +31,7 @@ def load_slos(paths: Sequence[str], service: str = "certpilot") -> SLOSet:
     slos = []
     first: SLOSet | None = None
     for p in paths:
-        loaded = load_sloth(p)
+        _, loaded, _warnings = load_any(p)  # Sloth prometheus/v1 or OpenSLO v1
         first = first or loaded
         for s in loaded.slos:
             validate_slo(s, p)
