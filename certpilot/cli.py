@@ -303,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped into a file or a pager, rich would assume 80 columns and squeeze the tables; use a
+    # wide page unless COLUMNS says otherwise.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _policy(args: argparse.Namespace) -> JudgePolicy:
