@@ -222,3 +222,57 @@ INVENTORY_TABLES: tuple[Table, ...] = (
     SLI_SAMPLE,
     AUDIT,
 )
+
+
+class JobRow(SQLModel, table=True):
+    """One remediation job (certpilot.store.jobs.Job): a persisted state machine whose
+    transitions are compare-and-set updates on ``state`` and ``version``.
+
+    ``key`` is the idempotency key (unique: a second create with it returns this job). The
+    issued certificate is stored as its public chain only; the new private key is never
+    written here (see certpilot.store.jobs).
+    """
+
+    __tablename__ = "remediation_job"
+    # Job ids are never reused, even after the newest jobs are deleted.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_type=Text, unique=True)
+    action: str = Field(max_length=32)
+    state: str = Field(max_length=32, index=True)
+    version: int = 1
+    names: list[str] = Field(default_factory=list, sa_type=JSONText)
+    fingerprint: str = Field(default="", max_length=64)
+    ref: str = Field(default="", sa_type=Text)
+    issuer: str = Field(default="", sa_type=Text)
+    targets: list[str] = Field(default_factory=list, sa_type=JSONText)
+    requester: str = Field(default="", sa_type=Text)
+    rule: str = Field(default="", sa_type=Text)
+    approvers: list[str] = Field(default_factory=list, sa_type=JSONText)
+    second_person: bool = False
+    approvals: list[dict[str, str]] = Field(default_factory=list, sa_type=JSONText)
+    key_type: str = Field(default="", max_length=32)
+    validity_days: int | None = None
+    reason: int | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    last_error: str = Field(default="", sa_type=Text)
+    old_serial: str = Field(default="", sa_type=Text)
+    new_serial: str = Field(default="", sa_type=Text)
+    new_fingerprint: str = Field(default="", max_length=64)
+    subject_chain_pem: str = Field(default="", sa_type=Text)
+    issued_chain_pem: str = Field(default="", sa_type=Text)
+    receipts: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONText)
+    verified: list[str] = Field(default_factory=list, sa_type=JSONText)
+    state_times: dict[str, str] = Field(default_factory=dict, sa_type=JSONText)
+    owner: str = Field(default="", sa_type=Text)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+JOBS = _table(JobRow)
+
+# Appended rather than edited into the tuple above: the Inventory creates it with the rest.
+INVENTORY_TABLES = (*INVENTORY_TABLES, JOBS)
