@@ -29,8 +29,9 @@ timing. Measured per round:
   (up to ``--max-wait`` s) until the machine is at most ``--max-load`` busy; a round with a high
   other load is noise, and the medians are what the summary compares.
 
-Every pool round starts fresh TlsProbers (one per chunk), so leaves are parsed cold in each
-round; the workers=1 row uses a new Scanner per round for the same reason.
+Every pool round starts fresh TlsProbers (one per chunk), so leaves are parsed and their
+signatures verified cold in each round (the parse cache and the verified-link cache live in the
+prober); the workers=1 row uses a new Scanner per round for the same reason.
 
 Usage: ``.venv/bin/python benchmarks/probe_vs_blackbox.py [--endpoints 1000] [--concurrency 100]
 [--rounds 3] [--workers 0]``. Prints a table and one JSON line (the last line); exits 1 when the
@@ -342,12 +343,16 @@ def machine(nginx_bin: str, bb_bin: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from cryptography.hazmat.backends.openssl.backend import backend
+
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,
+        "openssl": ssl.OPENSSL_VERSION,  # the stdlib's (the aiohttp driver's)
+        # certpilot's handshakes: pyOpenSSL on the OpenSSL that cryptography bundles
+        "certpilot_openssl": backend.openssl_version_text(),
         "nginx": _version([nginx_bin, "-v"]),
         "blackbox_exporter": _version([bb_bin, "--version"]),
     }

@@ -211,7 +211,7 @@ async def test_concurrency_bound_is_respected(fleet: Fleet) -> None:
 async def test_worker_pool_gives_same_answers(fleet: Fleet) -> None:
     targets = fleet.targets() * 3  # repeated targets exercise chunking across 2 processes
     options = ScanOptions(
-        probe=ProbeSettings(timeout=1.0),
+        probe=ProbeSettings(timeout=3.0),
         ca_files=(str(fleet.ca_file),),
         use_system_trust=False,
         workers=2,
