@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 1")
 
     if args.url:
-        # Runs need a fresh database each, and only a SQLite file can be made fresh here.
-        return report(args.rows, [run(args.rows, args.url, None)], args.url)
+        # Runs need a fresh database each, and only a SQLite file can be made fresh here: pass
+        # the URL of an empty database.
+        result = run(args.rows, args.url, None)
+        print_run(1, result)
+        return report(args.rows, [result], args.url)
     if args.db:
         db_path = Path(args.db)
         if db_path.exists():

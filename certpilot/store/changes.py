@@ -36,6 +36,7 @@ class PriorLocation(NamedTuple):
     problems_json: str
     chain_json: str
     last_scanned: object
+    last_serial: str | None = None  # of the last leaf (last_fingerprint), when stored
 
 
 class EventDraft(NamedTuple):
@@ -124,10 +125,36 @@ def chain_fingerprints(stored: str) -> tuple[str, ...]:
     return tuple(v for v in raw if isinstance(v, str))
 
 
+def chain_json(obs: Observation) -> str:
+    """``fingerprints_json(presented(obs))``, without building the list for the usual shape
+    (a leaf sent first, then one other certificate): this runs for every observation of every
+    scan, and most are steady, so their certificates are never needed one by one."""
+    leaf = obs.leaf
+    chain = obs.chain
+    if leaf is not None and len(chain) == 2:
+        first = chain[0].fingerprint_sha256
+        second = chain[1].fingerprint_sha256
+        if first == leaf.fingerprint_sha256 and second != first:
+            return f'["{first}","{second}"]'
+    return fingerprints_json(presented(obs))
+
+
+_ISO_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02dZ"
+
+
 def _iso(ts: datetime) -> str:
     """As ``certpilot.domain.x509.iso`` (``2025-01-31T12:00:00Z``), without strftime: this
     runs for every new certificate of a batch."""
-    return ts.astimezone(UTC).isoformat("T", "seconds")[:19] + "Z"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return _ISO_FORMAT % (
+        ts.year,
+        ts.month,
+        ts.day,
+        ts.hour,
+        ts.minute,
+        ts.second,
+    )
 
 
 def derive_events(

@@ -34,6 +34,9 @@ def require_aware(value: datetime, what: str) -> datetime:
     return value
 
 
+_SQLITE_FORMAT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
 def sqlite_timestamp(value: datetime) -> str:
     """Aware datetime to the stored SQLite text: UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``.
 
@@ -46,9 +49,18 @@ def sqlite_timestamp(value: datetime) -> str:
         if tz is None or value.utcoffset() is None:
             raise ValueError(f"timestamps must be timezone-aware, got naive {value!r}")
         value = value.astimezone(UTC)
-    # isoformat() with sep=" " is SQLAlchemy's SQLite storage format followed by "+00:00",
-    # which is cut off; one C call (strftime would be several times slower at 100k rows).
-    return value.isoformat(" ", "microseconds")[:26]
+    # SQLAlchemy's SQLite storage format (isoformat(" ", "microseconds") without the offset);
+    # %-formatting the fields is a third faster than isoformat() and slicing, and strftime
+    # several times slower: this runs for every observation of a 100k-location scan.
+    return _SQLITE_FORMAT % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 def sqlite_parse_timestamp(value: str) -> datetime:
@@ -74,6 +86,17 @@ def timestamp_encoder(dialect_name: str) -> Callable[[datetime], object]:
 # One encoder, built once: json.dumps() with any non-default option builds a new encoder per
 # call, which costs more than the encoding itself for small values.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def json_names(names: tuple[str, ...] | list[str]) -> str:
+    """``json_text(list(names))``, built by hand when no name needs escaping (the usual DNS
+    names and addresses): this runs for every new certificate of a batch."""
+    if not names:
+        return "[]"
+    for name in names:
+        if '"' in name or "\\" in name or not name.isprintable():
+            return _ENCODER.encode(list(names))
+    return '["' + '","'.join(names) + '"]'
 
 
 def json_text(value: object) -> str:

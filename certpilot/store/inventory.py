@@ -8,34 +8,36 @@ The hot path is :meth:`Inventory.record`: a periodic scan of 100k locations must
 about two seconds on a small machine. It works in bulk, in one transaction:
 
 1. dedupe the batch (the last observation of a ``ref`` wins);
-2. read the previous state of those locations in bulk, as plain driver tuples (chunked ``IN``
-   lists, or one pass over the table when the batch covers most of it);
-3. sort the batch: *steady* locations (same certificates, same problems as last time; most of
-   any periodic scan) write one narrow ``UPDATE`` of their location row and nothing else;
-   *changed* ones are upserted in full, the certificates they start and stop presenting are
-   worked out from the stored chain, and their events derived in pure code
-   (:mod:`certpilot.store.changes`);
-4. write with ``executemany``, certificates first (foreign keys): new certificates, locations
-   (upsert, or the narrow ``UPDATE``), sightings that start (upsert) or stop (closed at the
+2. read every location's state digest (``location_scan.state``, one narrow pass, or keyed
+   lookups for a small batch) and compare it with the observation's (:func:`_state_digest`);
+3. *steady* locations (most of any periodic scan) write their narrow ``location_scan`` row
+   (time and run) and nothing else. *Changed* ones get their previous state read, are
+   rewritten, the certificates they start and stop presenting are worked out from the stored
+   chain, and their events derived in pure code (:mod:`certpilot.store.changes`);
+4. write with ``executemany``, each set sorted by its key, certificates first (foreign keys):
+   new certificates, locations, scan rows, sightings that start (upsert) or end (closed at the
    previous scan), events (with ids reserved up front, so no ``RETURNING`` per row).
 
 What a steady scan does not write is derived when read, exactly: a sighting that is still
-current (its certificate is in the location's ``chain``) was last seen at the location's
-``last_scanned``, and a certificate was last seen at the latest of its sightings. Rewriting the
-200k sighting rows and the certificate rows (DER included) of a 100k-location scan on every
-scan cost more than half of a steady record(), and all of it said "still there".
+current (its certificate is in the location's ``chain``) was last seen at the location's latest
+scan, and a certificate was last seen at the latest of its sightings. The first version of this
+store rewrote, on every scan of 100k locations, every location row (about 420 bytes each) and
+the 200k sighting rows, and in a new hour every certificate row (DER included), all to say
+"still there": 2.0 s per steady scan, 3.1 s in a new hour (benchmarks/RESULTS.md).
 
 The statements are built with SQLAlchemy Core (the dialect's ``insert``, so SQLite and
 PostgreSQL each get their own ``ON CONFLICT``), compiled once per inventory, and executed with
 the driver's ``executemany`` on tuples already in the database's representation
 (:mod:`certpilot.store.coltypes`): SQLAlchemy's per-row parameter processing costs about twice
-what SQLite itself spends on the same rows.
+what SQLite itself spends on the same rows. SQLite commits leave the WAL checkpoint to a
+background thread (:class:`certpilot.store.engine.WalCheckpointer`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 from sqlalchemy import (
+    Boolean,
     Engine,
     Row,
     Select,
@@ -62,7 +65,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import ClauseElement, ColumnElement, FromClause
 
 from certpilot.domain.inventory import Event, EventKind, InventoryItem, ScanRun, Sighting
 from certpilot.domain.model import Observation
@@ -75,17 +78,24 @@ from certpilot.store.changes import (
     PriorLocation,
     canonical_codes,
     chain_fingerprints,
+    chain_json,
     derive_events,
-    fingerprints_json,
     parse_codes,
     presented,
 )
-from certpilot.store.coltypes import UTCDateTime, json_text, require_aware, timestamp_encoder
+from certpilot.store.coltypes import (
+    UTCDateTime,
+    json_names,
+    json_text,
+    require_aware,
+    timestamp_encoder,
+)
 from certpilot.store.tables import (
     CERTIFICATE,
     EVENT,
     INVENTORY_TABLES,
     LOCATION,
+    LOCATION_SCAN,
     SCAN_RUN,
     SIGHTING,
     SLI_COUNTER,
@@ -93,8 +103,8 @@ from certpilot.store.tables import (
     SLI_SAMPLE,
 )
 
-#: Rows per ``executemany`` call and values per ``IN (...)`` list. Well below SQLite's
-#: 32766-variable limit and PostgreSQL's 65535, and large enough that per-call overhead vanishes.
+#: Rows per ``executemany`` call: large enough that per-call overhead vanishes, small enough
+#: to bound the memory of one call's parameters.
 CHUNK = 5000
 
 # Key of the PostgreSQL advisory lock that serialises record() across replicas, as BEGIN
@@ -136,16 +146,19 @@ _LOCATION_COLUMNS: Final = (
     "last_changed",
     "run_id",
 )
-# What a steady location (same certificates, same problems) updates, then its key.
-_STEADY_COLUMNS: Final = (
-    "target",
-    "problem_details",
-    "error",
-    "labels",
-    "last_scanned",
-    "run_id",
-    "ref",
+# The parameters of a changed location's UPDATE, in the order the statement binds them.
+_REWRITE_PARAMS: Final = (
+    *(
+        f"b_{name}"
+        for name in _LOCATION_COLUMNS[1:]
+        if name not in ("first_seen", "last_changed", "run_id")
+    ),
+    "b_keep",
+    "b_last_changed",
+    "b_run_id",
+    "b_ref",
 )
+_SCAN_COLUMNS: Final = ("ref", "state", "last_scanned", "run_id")
 _SIGHTING_COLUMNS: Final = ("ref", "fingerprint_sha256", "first_seen", "last_seen")
 _EVENT_COLUMNS: Final = ("id", "at", "kind", "ref", "fingerprint_sha256", "code", "detail")
 
@@ -161,25 +174,55 @@ def _normal_fingerprint(text: str) -> str:
     return text.replace(":", "").strip().lower()
 
 
+# A location's latest scan: its scan row's, or (a location stored by an older version, until
+# its next scan) the location row's own.
+_LAST_SCANNED: Final = func.coalesce(LOCATION_SCAN.c.last_scanned, LOCATION.c.last_scanned)
+# Where the location's latest scan is read from (joined to LOCATION).
+_WITH_SCAN: Final = (LOCATION_SCAN, LOCATION_SCAN.c.ref == LOCATION.c.ref)
+
 # A sighting is current when the location's latest scan presented its certificate, i.e. when
 # the location's chain (a JSON list of hex fingerprints, see changes.fingerprints_json) names
-# it. Its last_seen is then the location's last_scanned: scans do not rewrite current
+# it. Its last_seen is then the location's latest scan time: scans do not rewrite current
 # sightings, they only close the ones that end (see Inventory.record).
 _SIGHTING_IS_CURRENT: Final = type_coerce(LOCATION.c.chain, Text).like(
     literal('%"') + SIGHTING.c.fingerprint_sha256 + literal('"%')
 )
 _SIGHTING_LAST_SEEN: Final = type_coerce(
-    case((_SIGHTING_IS_CURRENT, LOCATION.c.last_scanned), else_=SIGHTING.c.last_seen),
+    case((_SIGHTING_IS_CURRENT, _LAST_SCANNED), else_=SIGHTING.c.last_seen),
     UTCDateTime(),
 )
 
 
-#: Read the whole location table instead of IN lists when a batch is at least this share of it.
+def _state_digest(
+    obs: Observation, chain_json: str, problems_json: str, details: str, labels: str
+) -> bytes:
+    """A digest of everything a scan stores about a location but its time and run: equal
+    digests mean the location is as it was (``location_scan.state``).
+
+    The text hashed decodes uniquely: the two JSON lists hold no ``]`` inside (hex fingerprints,
+    problem codes), the leaf flag is one character, sources are identifiers, the JSON texts
+    escape NUL, and the free texts (target, error) are length-prefixed. The chain starts with
+    the leaf whenever there is one (:func:`~certpilot.store.changes.presented`), so equal
+    chains and flags mean equal leaves. BLAKE2b, 16 bytes: https://www.blake2.net/.
+    """
+    target = obs.target
+    error = obs.error
+    text = (
+        f"{chain_json}{problems_json}{'1' if obs.leaf is None else '0'}{obs.source}"
+        f"\0{details}\0{labels}\0{len(target)}:{target}"
+    )
+    if error is not None:
+        text = f"{text}\0{len(error)}:{error}"
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+#: Read every location's state (or every fingerprint) in one pass instead of looking keys up
+#: when a batch has at least this share of the table's rows.
 _FULL_SCAN_FRACTION: Final = 0.25
 
 
-def _driver_rows(conn: Connection, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of a parameterless query straight from the driver's cursor, as plain tuples.
+def _driver_rows(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a query straight from the driver's cursor, as plain tuples.
 
     For the 100k-row reads of record(): SQLAlchemy's result rows cost about as much again as
     the query itself. Runs on the connection's DBAPI connection, inside its transaction.
@@ -188,10 +231,49 @@ def _driver_rows(conn: Connection, sql: str) -> list[tuple[Any, ...]]:
     assert dbapi is not None
     cursor = dbapi.cursor()
     try:
-        cursor.execute(sql)
+        cursor.execute(sql, params)
         return list(cursor.fetchall())
     finally:
         cursor.close()
+
+
+class _Lookup:
+    """A SELECT of rows by key, for many keys at once; rows come back as plain tuples.
+
+    Every key goes in one parameter, so one statement serves any number of keys: on SQLite a
+    JSON array (``key IN (SELECT value FROM json_each(?))``, compiled once and run on the
+    driver), on PostgreSQL an array (``key IN (SELECT unnest(%s))``). Expanding ``IN`` lists
+    of thousands of parameters went badly on PostgreSQL: once psycopg prepares the statement
+    (its 5th execution), the server's generic plan compares every row of the table with every
+    listed value, 8 s per 5000 fingerprints against 110k certificates.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        key: ColumnElement[Any],
+        *columns: ColumnElement[Any],
+        from_: FromClause | None = None,
+    ) -> None:
+        base = select(*columns) if from_ is None else select(*columns).select_from(from_)
+        self._sqlite_sql: str | None = None
+        if engine.dialect.name == "sqlite":
+            keys = func.json_each(bindparam("keys")).table_valued("value")
+            by_json = base.where(key.in_(select(keys.c.value)))
+            self._sqlite_sql = str(by_json.compile(dialect=engine.dialect))
+        array = (
+            func.unnest(bindparam("keys", type_=postgresql.ARRAY(Text)))
+            .table_valued("value")
+            .render_derived()  # AS anon_1(value): PostgreSQL names the column after the alias
+        )
+        self._stmt = base.where(key.in_(select(array.c.value)))
+
+    def rows(self, conn: Connection, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        if not keys:
+            return []
+        if self._sqlite_sql is not None:
+            return _driver_rows(conn, self._sqlite_sql, (json_text(list(keys)),))
+        return [tuple(row) for row in conn.execute(self._stmt, {"keys": list(keys)})]
 
 
 def _rowid_bound(conn: Connection, table: Table) -> int:
@@ -243,7 +325,12 @@ class _Plan:
     __slots__ = (
         "certs",
         "changed",
+        "changed_refs",
         "location_rows",
+        "new_scan_rows",
+        "pending",
+        "rewrite_rows",
+        "scan_rows",
         "seen",
         "started",
         "steady_rows",
@@ -251,10 +338,18 @@ class _Plan:
     )
 
     def __init__(self) -> None:
+        # Changed locations as _plan found them, before their previous state is read:
+        # (observation, presented, chain JSON, problems JSON, details, labels, when, run_id,
+        # state digest).
+        self.pending: list[tuple[Any, ...]] = []
+        self.changed_refs: list[str] = []  # those of them stored before
         # (observation, problems JSON, previous state or None when the location is new)
         self.changed: list[tuple[Observation, str, PriorLocation | None]] = []
-        self.location_rows: list[tuple[Any, ...]] = []  # full upserts (_LOCATION_COLUMNS)
-        self.steady_rows: list[tuple[Any, ...]] = []  # narrow updates (_STEADY_COLUMNS)
+        self.location_rows: list[tuple[Any, ...]] = []  # new locations (_LOCATION_COLUMNS)
+        self.rewrite_rows: list[tuple[Any, ...]] = []  # changed ones (_REWRITE_PARAMS)
+        self.new_scan_rows: list[tuple[Any, ...]] = []  # of new locations (_SCAN_COLUMNS)
+        self.steady_rows: list[tuple[Any, ...]] = []  # (when, run_id, ref)
+        self.scan_rows: list[tuple[Any, ...]] = []  # changed, stored: (state, when, run_id, ref)
         self.started: list[tuple[Any, ...]] = []  # sighting upserts (_SIGHTING_COLUMNS)
         self.stopped: list[tuple[Any, ...]] = []  # (previous scan, ref, fingerprint)
         self.certs: dict[str, CertInfo] = {}  # started being presented somewhere
@@ -314,22 +409,38 @@ class Inventory:
             if self._dialect == "sqlite" and not engines.is_memory(engine.url)
             else None
         )
-        # The previous state of locations, as raw driver values (type_coerce to Text skips the
-        # JSON and datetime processing): JSON texts are compared as text, and last_scanned goes
-        # back to the database unchanged.
         loc_c = LOCATION.c
-        every_location = select(
+        scan_c = LOCATION_SCAN.c
+        # What decides whether a location is steady: its state digest (see _state_digest).
+        self._every_state_sql = str(
+            select(scan_c.ref, scan_c.state).compile(dialect=engine.dialect)
+        )
+        self._some_states = _Lookup(engine, scan_c.ref, scan_c.ref, scan_c.state)
+        # The previous state of changed locations, as raw driver values (type_coerce to Text
+        # skips the JSON and datetime processing): JSON texts are compared as text, and
+        # last_scanned goes back to the database unchanged. PriorLocation's fields, by ref,
+        # with the serial of the last leaf for a new_certificate event.
+        cert_c = CERTIFICATE.c
+        self._some_locations = _Lookup(
+            engine,
+            loc_c.ref,
             loc_c.ref,
             loc_c.source,
             loc_c.fingerprint_sha256,
             loc_c.last_fingerprint_sha256,
             type_coerce(loc_c.problems, Text),
             type_coerce(loc_c.chain, Text),
-            type_coerce(loc_c.last_scanned, Text),
+            type_coerce(_LAST_SCANNED, Text),
+            cert_c.serial,
+            from_=LOCATION.outerjoin(LOCATION_SCAN, scan_c.ref == loc_c.ref).outerjoin(
+                CERTIFICATE, cert_c.fingerprint_sha256 == loc_c.last_fingerprint_sha256
+            ),
         )
-        self._every_location_sql = str(every_location.compile(dialect=engine.dialect))
-        self._some_locations = every_location.where(
-            loc_c.ref.in_(bindparam("refs", expanding=True))
+        self._every_fingerprint_sql = str(
+            select(cert_c.fingerprint_sha256).compile(dialect=engine.dialect)
+        )
+        self._some_fingerprints = _Lookup(
+            engine, cert_c.fingerprint_sha256, cert_c.fingerprint_sha256
         )
 
         insert = self._insert
@@ -355,12 +466,62 @@ class Inventory:
             },
         )
         self._insert_locations = _Bulk(upsert_locations, engine, _LOCATION_COLUMNS)
-        steady = (
+        # A changed location that exists: every column but first_seen, by key (an upsert
+        # would probe the key twice). last_changed is kept when the leaf and the problems
+        # are (a chain-only change), which _plan_changes knows: "b_keep".
+        rewrite = (
             update(LOCATION)
             .where(LOCATION.c.ref == bindparam("b_ref"))
-            .values({name: bindparam(f"b_{name}") for name in _STEADY_COLUMNS[:-1]})
+            .values(
+                {
+                    **{
+                        name: bindparam(f"b_{name}")
+                        for name in _LOCATION_COLUMNS[1:]
+                        if name not in ("first_seen", "last_changed")
+                    },
+                    "last_changed": case(
+                        (bindparam("b_keep", type_=Boolean), LOCATION.c.last_changed),
+                        else_=bindparam("b_last_changed"),
+                    ),
+                }
+            )
         )
-        self._update_locations = _Bulk(steady, engine, [f"b_{n}" for n in _STEADY_COLUMNS])
+        self._rewrite_locations = _Bulk(rewrite, engine, _REWRITE_PARAMS)
+        # Every scan of a stored location writes its scan row: the time and run when it is
+        # steady (binding the unchanged digest again cost a third more), the state too when
+        # it changed. A new location gets one (an upsert, in case an older version stored the
+        # location without it).
+        touch = (
+            update(LOCATION_SCAN)
+            .where(scan_c.ref == bindparam("b_ref"))
+            .values(last_scanned=bindparam("b_last_scanned"), run_id=bindparam("b_run_id"))
+        )
+        self._touch_scans = _Bulk(touch, engine, ("b_last_scanned", "b_run_id", "b_ref"))
+        scan = (
+            update(LOCATION_SCAN)
+            .where(scan_c.ref == bindparam("b_ref"))
+            .values(
+                state=bindparam("b_state"),
+                last_scanned=bindparam("b_last_scanned"),
+                run_id=bindparam("b_run_id"),
+            )
+        )
+        self._backfill_scans = insert(LOCATION_SCAN).from_select(
+            ["ref", "last_scanned", "run_id"],
+            select(loc_c.ref, loc_c.last_scanned, loc_c.run_id).where(
+                ~select(scan_c.ref).where(scan_c.ref == loc_c.ref).exists()
+            ),
+        )
+        self._update_scans = _Bulk(scan, engine, ("b_state", "b_last_scanned", "b_run_id", "b_ref"))
+        new_scan = insert(LOCATION_SCAN)
+        self._insert_scans = _Bulk(
+            new_scan.on_conflict_do_update(
+                index_elements=[scan_c.ref],
+                set_={name: new_scan.excluded[name] for name in _SCAN_COLUMNS[1:]},
+            ),
+            engine,
+            _SCAN_COLUMNS,
+        )
 
         sight = insert(SIGHTING)
         upsert_sightings = sight.on_conflict_do_update(
@@ -393,12 +554,15 @@ class Inventory:
         written (bad URL, missing directory, permissions, server down); its message never
         contains the password.
         """
-        engine = engines.create(url)
+        engine = engines.create(url, background_checkpoints=True)
         inventory = cls(engine, url)
         try:
             with inventory._write() as conn:
                 # create_all for now; schema changes become migrations in a later issue.
                 CERTIFICATE.metadata.create_all(conn, tables=list(INVENTORY_TABLES))
+                # Locations stored before location_scan existed get their scan row, with no
+                # state: their next scan rewrites them once (nothing to do when none lack it).
+                conn.execute(inventory._backfill_scans)
         except BaseException:
             engine.dispose()
             raise
@@ -525,13 +689,17 @@ class Inventory:
         with _gc_paused(len(latest)), self._write() as conn:
             if self._dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_PG_RECORD_LOCK)))
-            prior = self._prior_locations(conn, list(latest))
-            plan = self._plan(latest.values(), prior, run_id)
+            states = self._location_states(conn, list(latest))
+            plan = self._plan(latest.values(), states, run_id)
+            self._plan_changes(plan, self._prior_locations(conn, plan.changed_refs))
             known = self._stored_fingerprints(conn, list(plan.certs))
-            drafts = self._derive(conn, plan, known)
+            drafts = self._derive(plan, known)
             self._write_certificates(conn, plan, known)
             self._insert_locations.run(conn, _sorted(plan.location_rows, 0))
-            self._update_locations.run(conn, _sorted(plan.steady_rows, -1))
+            self._insert_scans.run(conn, _sorted(plan.new_scan_rows, 0))
+            self._rewrite_locations.run(conn, _sorted(plan.rewrite_rows, -1))
+            self._update_scans.run(conn, _sorted(plan.scan_rows, -1))
+            self._touch_scans.run(conn, _sorted(plan.steady_rows, -1))
             self._upsert_sightings.run(conn, _sorted(plan.started, 0, 1))
             self._close_sightings.run(conn, _sorted(plan.stopped, 1, 2))
             return self._write_events(conn, drafts, at)
@@ -539,26 +707,22 @@ class Inventory:
     def _plan(
         self,
         batch: Iterable[Observation],
-        prior: Mapping[str, tuple[Any, ...]],
+        states: Mapping[str, bytes | None],
         run_id: int | None,
     ) -> _Plan:
-        """Sort the batch into steady locations (same certificates, same problems: only times
-        and messages move) and changed ones, and build the rows for both.
+        """Sort the batch into steady locations (only the scan time and run moved: equal state
+        digests) and changed ones, and build the rows of the steady ones.
 
-        Steady locations are the common case of a periodic scan and get the cheapest write: a
-        narrow UPDATE of the location, and nothing else. A changed location is upserted in full
-        and compared with its stored chain: sightings start for the certificates it now
-        presents and did not, and end for those it no longer presents.
-
-        ``prior`` holds the raw rows of :attr:`_every_location_sql` by ref; they are compared
-        as they come (a PriorLocation is built for changed locations only).
+        Steady locations are the common case of a periodic scan and get the cheapest write: their
+        scan row (``location_scan``), and nothing else. Changed ones (a digest that differs, or
+        none stored) are completed by :meth:`_plan_changes` once their previous state is read.
         """
         ts = self._ts
         plan = _Plan()
         steady = plan.steady_rows.append
+        changed = plan.pending.append
         for obs in batch:
-            infos = presented(obs)
-            chain_json = fingerprints_json(infos)
+            chain = chain_json(obs)
             problems = obs.problems
             problems_json = json_text(canonical_codes(problems)) if problems else "[]"
             details = json_text([p.to_dict() for p in problems]) if problems else "[]"
@@ -567,41 +731,73 @@ class Inventory:
                 when = ts(obs.observed_at)  # raises ValueError for a naive datetime
             except ValueError as e:
                 raise ValueError(f"observed_at of {obs.ref}: {e}") from None
+            ref = obs.ref
+            state = _state_digest(obs, chain, problems_json, details, labels)
+            if states.get(ref) == state:
+                steady((when, run_id, ref))
+                continue
+            changed(
+                (obs, presented(obs), chain, problems_json, details, labels, when, run_id, state)
+            )
+            if ref in states:
+                plan.changed_refs.append(ref)
+        return plan
+
+    def _plan_changes(self, plan: _Plan, prior: Mapping[str, PriorLocation]) -> None:
+        """Build the rows of the changed locations of ``plan``: new locations, rewritten ones
+        (with their scan rows), and the sightings that start (certificates now presented that
+        were not) or end (presented at the previous scan, not any more), from the stored chain.
+        A location whose only change is a message (error text, problem details, labels,
+        target) is rewritten too, and yields no event."""
+        for obs, infos, chain, problems_json, details, labels, when, run_id, state in plan.pending:
+            ref = obs.ref
+            p = prior.get(ref)
+            plan.changed.append((obs, problems_json, p))
             leaf = obs.leaf
             fp = leaf.fingerprint_sha256 if leaf is not None else None
-            ref = obs.ref
-            row = prior.get(ref)
-            # Row layout: ref, source, fingerprint, last fingerprint, problems, chain, scanned.
-            if (
-                row is not None
-                and row[5] == chain_json
-                and row[4] == problems_json
-                and row[2] == fp
-                and row[1] == obs.source
-            ):
-                steady((obs.target, details, obs.error, labels, when, run_id, ref))
-                continue
-            p = PriorLocation._make(row[1:]) if row is not None else None
-            plan.changed.append((obs, problems_json, p))
             last_fp = fp if fp is not None else (p.last_fingerprint if p is not None else None)
-            plan.location_rows.append(
-                (
-                    ref,
-                    obs.source,
-                    obs.target,
-                    fp,
-                    last_fp,
-                    chain_json,
-                    problems_json,
-                    details,
-                    obs.error,
-                    labels,
-                    when,
-                    when,
-                    when,
-                    run_id,
+            if p is None:
+                plan.location_rows.append(
+                    (
+                        ref,
+                        obs.source,
+                        obs.target,
+                        fp,
+                        last_fp,
+                        chain,
+                        problems_json,
+                        details,
+                        obs.error,
+                        labels,
+                        when,
+                        when,
+                        when,
+                        run_id,
+                    )
                 )
-            )
+                plan.new_scan_rows.append((ref, state, when, run_id))
+            else:
+                # last_changed moves only when the leaf or the set of problems did.
+                keep = p.fingerprint == fp and p.problems_json == problems_json
+                plan.rewrite_rows.append(
+                    (
+                        obs.source,
+                        obs.target,
+                        fp,
+                        last_fp,
+                        chain,
+                        problems_json,
+                        details,
+                        obs.error,
+                        labels,
+                        when,
+                        keep,
+                        when,
+                        run_id,
+                        ref,
+                    )
+                )
+                plan.scan_rows.append((state, when, run_id, ref))
             before = chain_fingerprints(p.chain_json) if p is not None else ()
             for info in infos:
                 cfp = info.fingerprint_sha256
@@ -616,18 +812,9 @@ class Inventory:
                 for cfp in before:
                     if cfp not in now_presented:
                         plan.stopped.append((p.last_scanned, ref, cfp))
-        return plan
+        plan.pending.clear()
 
-    def _derive(self, conn: Connection, plan: _Plan, known: set[str]) -> list[EventDraft]:
-        replaced = {
-            p.last_fingerprint
-            for obs, _, p in plan.changed
-            if obs.leaf is not None
-            and p is not None
-            and p.last_fingerprint is not None
-            and p.last_fingerprint != obs.leaf.fingerprint_sha256
-        }
-        old_serials = self._serials(conn, sorted(replaced)) if replaced else {}
+    def _derive(self, plan: _Plan, known: set[str]) -> list[EventDraft]:
         drafts: list[EventDraft] = []
         announced: set[str] = set()
         fresh = plan.certs
@@ -641,14 +828,13 @@ class Inventory:
                 if fp in fresh and fp not in known and fp not in announced:
                     leaf_is_new = True
                     announced.add(fp)
-            old = p.last_fingerprint if p is not None else None
             drafts.extend(
                 derive_events(
                     obs,
                     problems_json,
                     p,
                     leaf_is_new=leaf_is_new,
-                    old_serial=old_serials.get(old) if old is not None else None,
+                    old_serial=p.last_serial if p is not None else None,
                 )
             )
         return drafts
@@ -669,7 +855,7 @@ class Inventory:
                     c.subject_cn,
                     c.issuer,
                     c.issuer_cn,
-                    json_text(list(c.sans)),
+                    json_names(c.sans),
                     ts(c.not_before),
                     ts(c.not_after),
                     c.key_type,
@@ -839,7 +1025,7 @@ class Inventory:
         s = SIGHTING.c
         stmt = select(
             s.ref, s.fingerprint_sha256, s.first_seen, _SIGHTING_LAST_SEEN, _SIGHTING_IS_CURRENT
-        ).select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == s.ref))
+        ).select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == s.ref).outerjoin(*_WITH_SCAN))
         if ref is not None:
             stmt = stmt.where(s.ref == ref)
         if fingerprint_sha256 is not None:
@@ -860,7 +1046,9 @@ class Inventory:
         own = select(c.first_seen, c.last_seen).where(c.fingerprint_sha256 == fp)
         latest = (
             select(func.max(_SIGHTING_LAST_SEEN))
-            .select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == SIGHTING.c.ref))
+            .select_from(
+                SIGHTING.join(LOCATION, LOCATION.c.ref == SIGHTING.c.ref).outerjoin(*_WITH_SCAN)
+            )
             .where(SIGHTING.c.fingerprint_sha256 == fp)
         )
         with self._read() as conn:
@@ -1016,9 +1204,9 @@ class Inventory:
         except SQLAlchemyError as e:
             raise engines.describe(self._url, self._engine, e) from e
 
-    def _prior_locations(self, conn: Connection, refs: Sequence[str]) -> dict[str, tuple[Any, ...]]:
-        """The stored rows of those locations that exist, by ref (``_every_location_sql``'s
-        columns, raw driver values); may hold other locations' rows too."""
+    def _location_states(self, conn: Connection, refs: Sequence[str]) -> dict[str, bytes | None]:
+        """The state texts (see ``_every_state_sql``) of the stored locations among ``refs``,
+        by ref; may hold other locations' too."""
         if self._dialect == "sqlite" and len(refs) >= _FULL_SCAN_FRACTION * _rowid_bound(
             conn, LOCATION
         ):
@@ -1026,32 +1214,21 @@ class Inventory:
             # several times faster than as many B-tree probes from IN lists. Rows of refs not in
             # the batch are kept rather than filtered out: they are never looked up, and
             # filtering costs more than it saves.
-            return {row[0]: row for row in _driver_rows(conn, self._every_location_sql)}
-        out: dict[str, tuple[Any, ...]] = {}
-        for chunk in _chunks(refs):
-            for row in conn.execute(self._some_locations, {"refs": list(chunk)}).all():
-                out[row[0]] = tuple(row)
-        return out
+            return dict(_driver_rows(conn, self._every_state_sql))
+        return dict(self._some_states.rows(conn, refs))
+
+    def _prior_locations(self, conn: Connection, refs: Sequence[str]) -> dict[str, PriorLocation]:
+        make = PriorLocation._make
+        return {row[0]: make(row[1:]) for row in self._some_locations.rows(conn, refs)}
 
     def _stored_fingerprints(self, conn: Connection, fps: Sequence[str]) -> set[str]:
-        stmt = select(CERTIFICATE.c.fingerprint_sha256).where(
-            CERTIFICATE.c.fingerprint_sha256.in_(bindparam("fps", expanding=True))
-        )
-        out: set[str] = set()
-        for chunk in _chunks(fps):
-            out.update(conn.execute(stmt, {"fps": list(chunk)}).scalars().all())
-        return out
-
-    def _serials(self, conn: Connection, fps: Sequence[str]) -> dict[str, str]:
-        stmt = select(CERTIFICATE.c.fingerprint_sha256, CERTIFICATE.c.serial).where(
-            CERTIFICATE.c.fingerprint_sha256.in_(bindparam("fps", expanding=True))
-        )
-        out: dict[str, str] = {}
-        for chunk in _chunks(fps):
-            out.update(
-                {fp: serial for fp, serial in conn.execute(stmt, {"fps": list(chunk)}).all()}
-            )
-        return out
+        if self._dialect == "sqlite" and len(fps) >= _FULL_SCAN_FRACTION * _rowid_bound(
+            conn, CERTIFICATE
+        ):
+            # As in _location_states: one pass (over the fingerprint index) beats probing it
+            # for most of its entries, such as every certificate of a first import.
+            return {row[0] for row in _driver_rows(conn, self._every_fingerprint_sql)}
+        return {row[0] for row in self._some_fingerprints.rows(conn, fps)}
 
     @staticmethod
     def _items_query() -> Select[Any]:
@@ -1066,7 +1243,7 @@ class Inventory:
             loc.error,
             loc.labels,
             loc.first_seen,
-            loc.last_scanned,
+            type_coerce(_LAST_SCANNED, UTCDateTime()).label("last_scanned"),
             c.serial,
             c.subject,
             c.subject_cn,
@@ -1079,7 +1256,9 @@ class Inventory:
             c.key_bits,
             c.signature_algorithm,
         ).select_from(
-            LOCATION.outerjoin(CERTIFICATE, loc.fingerprint_sha256 == c.fingerprint_sha256)
+            LOCATION.outerjoin(*_WITH_SCAN).outerjoin(
+                CERTIFICATE, loc.fingerprint_sha256 == c.fingerprint_sha256
+            )
         )
 
 

@@ -5,12 +5,19 @@ reads and writes them with SQLAlchemy Core through :data:`CERTIFICATE`, :data:`L
 and returns the domain dataclasses of ``certpilot.domain.inventory``, never these rows.
 
 * ``certificate``: every certificate ever recorded (leaves and the chain certificates presented
-  with them), keyed by the SHA-256 of its DER; immutable facts plus first/last seen.
+  with them), keyed by the SHA-256 of its DER; immutable facts plus first/last seen (the row's
+  ``last_seen`` is when it was stored; the exact value comes from its sightings, see
+  ``Inventory.certificate_seen``).
 * ``location``: where a certificate lives (an endpoint, a file item, a secret), keyed by the
   source's stable ``ref``; what it holds now and which problems it has now.
+* ``location_scan``: per location, what every scan writes (its time, its run) and a digest of
+  the rest, so a location found unchanged costs one narrow row (see :class:`LocationScanRow`).
 * ``sighting``: every (location, certificate) pair ever seen, chain certificates included, so
   "where is this certificate deployed?" and "what did this endpoint serve last month?" are
-  one indexed query each.
+  one indexed query each. A sighting is *current* while the location's ``chain`` names its
+  certificate; its stored ``last_seen`` is then not maintained (scans do not rewrite it) and
+  the location's ``last_scanned`` is the value (``Inventory.sightings``); when the location
+  stops presenting the certificate, ``last_seen`` is set to the last scan that did.
 * ``event``: the append-only change log, with ids that consumers page through (``since_id``).
 * ``scan_run``: one row per scan (source, counts, start and finish).
 * ``audit_entry``: the audit log, a hash chain (see :mod:`certpilot.domain.audit`).
@@ -50,6 +57,9 @@ class CertificateRow(SQLModel, table=True):
     is_ca: bool
     der: bytes
     first_seen: datetime = Field(sa_type=UTCDateTime)
+    # When the certificate was stored. Not refreshed by scans: rewriting 100k certificate rows
+    # (DER included) to say "still deployed" was the largest write of a scan; the exact last
+    # time is derived from the sightings (Inventory.certificate_seen).
     last_seen: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -91,9 +101,34 @@ class LocationRow(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     labels: dict[str, str] = Field(default_factory=dict, sa_type=JSONText)
     first_seen: datetime = Field(sa_type=UTCDateTime)
+    # The scan that last changed this row (a steady scan writes location_scan only; the
+    # latest scan time is location_scan.last_scanned).
     last_scanned: datetime = Field(sa_type=UTCDateTime)
     # Last time the held certificate or the set of problems changed.
     last_changed: datetime = Field(sa_type=UTCDateTime)
+    run_id: int | None = Field(default=None, foreign_key="scan_run.id")
+
+
+class LocationScanRow(SQLModel, table=True):
+    """The part of a location that every scan writes, apart from the rest of its row.
+
+    A periodic scan finds most locations as they were, and then only their scan time moves:
+    rewriting their whole ``location`` row (chain, fingerprints, messages: about 420 bytes) for
+    that was most of a 100k-location scan's cost, and dirtied every page of the table. This row
+    is about 90 bytes. ``state`` is a digest of everything else the location's last scan
+    stored (see ``certpilot.store.inventory._state_digest``): equal digests mean the location
+    is unchanged, so its row need not even be read. NULL (a location stored by an older
+    version) never matches, so its next scan rewrites the location once.
+    """
+
+    __tablename__ = "location_scan"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    ref: str = Field(primary_key=True, foreign_key="location.ref")
+    state: bytes | None = Field(default=None)
+    # The latest scan of the location: InventoryItem.last_scanned (location.last_scanned and
+    # location.run_id are those of the scan that last changed the location row).
+    last_scanned: datetime = Field(sa_type=UTCDateTime)
     run_id: int | None = Field(default=None, foreign_key="scan_run.id")
 
 
@@ -108,6 +143,8 @@ class SightingRow(SQLModel, table=True):
         primary_key=True, foreign_key="certificate.fingerprint_sha256", index=True, max_length=64
     )
     first_seen: datetime = Field(sa_type=UTCDateTime)
+    # The last scan that presented it, once it is no longer presented; while it is (the
+    # location's chain names it), the location's last_scanned (see the module docstring).
     last_seen: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -202,6 +239,7 @@ def _table(model: Any) -> Table:
 
 CERTIFICATE = _table(CertificateRow)
 LOCATION = _table(LocationRow)
+LOCATION_SCAN = _table(LocationScanRow)
 SIGHTING = _table(SightingRow)
 EVENT = _table(EventRow)
 SCAN_RUN = _table(ScanRunRow)
@@ -215,6 +253,7 @@ INVENTORY_TABLES: tuple[Table, ...] = (
     CERTIFICATE,
     SCAN_RUN,
     LOCATION,
+    LOCATION_SCAN,
     SIGHTING,
     EVENT,
     SLI_EVENT,

@@ -273,6 +273,45 @@ def test_labels_target_and_error_follow_the_latest_scan(inv: Inventory, ca: Loca
     assert item.source == "file"
 
 
+def test_a_new_error_message_alone_is_stored_without_events(inv: Inventory) -> None:
+    ref = "tls://flaky.test:443#flaky.test"
+    problem = (ProblemCode.TIMEOUT,)
+    inv.record([observe(ref, problems=problem, error="timed out after 5.0 s")], now=NOW)
+    later = NOW + timedelta(minutes=5)
+    again = observe(ref, at=later, problems=problem, error="timed out after 5.1 s")
+    assert inv.record([again], now=later) == []
+    item = inv.item(ref)
+    assert item is not None
+    assert item.error == "timed out after 5.1 s" and item.last_scanned == later
+
+
+def test_the_state_digest_covers_every_location_column() -> None:
+    """White-box guard: a steady location (equal state digest) writes only its scan time, so a
+    column added to ``location`` must go into ``inventory._state_digest`` too, or scans would
+    never update it. Then add it to the first set here."""
+    from certpilot.store.tables import LOCATION
+
+    in_digest = {
+        "source",
+        "target",
+        "fingerprint_sha256",  # through the chain and the leaf flag
+        "chain",
+        "problems",
+        "problem_details",
+        "error",
+        "labels",
+    }
+    key_times_and_history = {
+        "ref",
+        "first_seen",
+        "last_scanned",
+        "last_changed",
+        "run_id",
+        "last_fingerprint_sha256",
+    }
+    assert set(LOCATION.c.keys()) == in_digest | key_times_and_history
+
+
 def sightings(inv: Inventory, ref: str) -> dict[str, tuple[datetime, datetime]]:
     """The sightings of ``ref`` as ``{fingerprint: (first_seen, last_seen)}``."""
     return {s.fingerprint_sha256: (s.first_seen, s.last_seen) for s in inv.sightings(ref=ref)}
@@ -364,6 +403,77 @@ def test_certificate_last_seen_is_its_latest_presentation(inv: Inventory, ca: Lo
     assert cert_last_seen(inv, fp) == other
     assert cert_last_seen(inv, renewed[0].fingerprint_sha256) == later
     assert inv.certificate_seen("00" * 32) is None
+
+
+def last_changed(inv: Inventory, ref: str) -> datetime:
+    """White-box: location.last_changed (no read API for it yet)."""
+    from certpilot.store.tables import LOCATION
+
+    with inv._engine.connect() as conn:
+        query = LOCATION.select().where(LOCATION.c.ref == ref)
+        return conn.execute(query).one().last_changed  # type: ignore[no-any-return]
+
+
+def test_last_changed_moves_with_the_leaf_or_the_problems_only(inv: Inventory, ca: LocalCA) -> None:
+    leaf, intermediate = issue(ca, "moves.test")
+    other_intermediate = issue(LocalCA("Store Test 2", NOW - timedelta(days=365)), "x.test")[1]
+    assert other_intermediate.fingerprint_sha256 != intermediate.fingerprint_sha256
+    ref = "tls://moves.test:443#moves.test"
+    t = [NOW + timedelta(minutes=m) for m in range(5)]
+    inv.record([observe(ref, (leaf, intermediate), at=t[0])], now=t[0])
+    inv.record([observe(ref, (leaf, intermediate), at=t[1])], now=t[1])  # steady
+    assert last_changed(inv, ref) == t[0]
+    # Another intermediate sent (a chain-only change): its sightings change, not last_changed.
+    inv.record([observe(ref, (leaf, other_intermediate), at=t[2])], now=t[2])
+    assert last_changed(inv, ref) == t[0]
+    assert sightings(inv, ref)[intermediate.fingerprint_sha256] == (t[0], t[1])
+    expiring = observe(ref, (leaf, other_intermediate), at=t[3], problems=(ProblemCode.EXPIRING,))
+    inv.record([expiring], now=t[3])
+    assert last_changed(inv, ref) == t[3]
+    item = inv.item(ref)
+    assert item is not None and item.last_scanned == t[3] and item.first_seen == t[0]
+
+
+def test_locations_stored_before_location_scan_existed_are_taken_over(
+    tmp_path: Path, ca: LocalCA
+) -> None:
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    chain = issue(ca, "older.test")
+    ref = "tls://older.test:443#older.test"
+    with Inventory.open(url) as first:
+        first.record([observe(ref, chain, problems=(ProblemCode.EXPIRING,))], now=NOW)
+    # As an older certpilot left it: locations, no scan rows.
+    raw = sqlite3.connect(tmp_path / "older.db")
+    raw.execute("DROP TABLE location_scan")
+    raw.commit()
+    raw.close()
+    with Inventory.open(url) as again:
+        item = again.item(ref)
+        assert item is not None and item.last_scanned == NOW
+        later = NOW + timedelta(minutes=5)
+        same = observe(ref, chain, at=later, problems=(ProblemCode.EXPIRING,))
+        assert again.record([same], now=later) == []
+        item = again.item(ref)
+        assert item is not None and item.last_scanned == later and item.first_seen == NOW
+        assert sightings(again, ref)[chain[0].fingerprint_sha256] == (NOW, later)
+        assert again.record([observe(ref, chain, at=later)], now=later) == [again.events()[-1]]
+        assert again.events()[-1].kind == EventKind.PROBLEM_CLEARED
+
+
+def test_wal_is_checkpointed_in_the_background(tmp_path: Path, ca: LocalCA) -> None:
+    path = tmp_path / "checkpointed.db"
+    chain = issue(ca, "wal.test")
+    with Inventory.open(f"sqlite:///{path}") as inventory:
+        inventory.record([observe("tls://wal.test:443#wal.test", chain)], now=NOW)
+        assert inventory.wait_checkpoint() >= 0.0
+        # The database file alone (without its WAL) now holds the committed location.
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(path.read_bytes())
+        other = sqlite3.connect(copy)
+        try:
+            assert other.execute("SELECT count(*) FROM location").fetchone() == (1,)
+        finally:
+            other.close()
 
 
 # ---------------------------------------------------------------------------------- items
