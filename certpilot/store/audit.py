@@ -18,17 +18,13 @@ would refuse a second entry N even if something bypassed the lock.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Final
 
 from sqlalchemy import Engine, Row, Text, event, func, insert, select, type_coerce
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from certpilot.domain.audit import (
     AuditDraft,
@@ -116,7 +112,7 @@ def _decode(row: Row[Any]) -> AuditEntry | UnreadableEntry:
         return UnreadableEntry(int(row.seq), str(e).splitlines()[0] if str(e) else repr(e))
 
 
-class AuditLog:
+class AuditLog(engines.EngineBacked):
     """The audit hash chain in the inventory database.
 
     Open with :meth:`open`, close with :meth:`close` (or use it as a context manager). Safe to
@@ -127,14 +123,7 @@ class AuditLog:
 
     def __init__(self, engine: Engine, url: str) -> None:
         """Wrap an engine made by :func:`certpilot.store.engine.create`; use :meth:`open`."""
-        self._engine = engine
-        self._url = url
-        self._shown_url = engines.redact(url)
-        self._dialect = engine.dialect.name
-        # A ":memory:" database is one shared connection: calls must not interleave on it.
-        self._lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if engines.is_memory(engine.url) else contextlib.nullcontext()
-        )
+        super().__init__(engine, url)
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -156,24 +145,6 @@ class AuditLog:
             engine.dispose()
             raise
         return log
-
-    def close(self) -> None:
-        """Release every connection. The log must not be used afterwards."""
-        self._engine.dispose()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"AuditLog({self._shown_url!r})"
 
     # ------------------------------------------------------------------------------ writing
 
@@ -286,30 +257,11 @@ class AuditLog:
 
     # ---------------------------------------------------------------------------- plumbing
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn:
-            conn.execution_options(**{engines.WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
-
     def _lock_appends(self, conn: Connection) -> None:
         """Take the append lock for the rest of ``conn``'s transaction. SQLite: nothing to do,
         the transaction began with ``BEGIN IMMEDIATE`` and already holds the write lock."""
         if self._dialect == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock(_PG_AUDIT_LOCK)))
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as e:
-            raise engines.describe(self._url, self._engine, e) from e
 
 
 def _row(entry: AuditEntry) -> dict[str, Any]:

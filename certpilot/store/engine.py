@@ -18,16 +18,19 @@ SQLite is the zero-setup default and gets the settings a long-running service ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -283,3 +286,57 @@ def _first_line_of(error: BaseException) -> str:
         return _first_line(error)
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+class EngineBacked:
+    """What every store object (Inventory, AuditLog, JobStore) shares: the engine, a redacted
+    URL for messages, one-transaction read and write scopes, and driver errors turned into
+    :class:`StoreError`. Subclasses add their tables and queries."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        """Wrap an engine made by :func:`create`; subclasses are built with their ``open``."""
+        self._engine = engine
+        self._url = url
+        self._shown_url = redact(url)
+        self._dialect = engine.dialect.name
+        # A ":memory:" database is one shared connection: calls must not interleave on it.
+        self._lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if is_memory(engine.url) else contextlib.nullcontext()
+        )
+
+    def close(self) -> None:
+        """Release every connection. The object must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._shown_url!r})"
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._lock, self._guard(), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._lock, self._guard(), self._engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as e:
+            raise describe(self._url, self._engine, e) from e

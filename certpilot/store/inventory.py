@@ -38,11 +38,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -63,7 +62,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, FromClause
 
@@ -381,7 +379,7 @@ class _Bulk:
             conn.exec_driver_sql(self.sql, list(chunk))
 
 
-class Inventory:
+class Inventory(engines.EngineBacked):
     """The certificate inventory on SQLite or PostgreSQL.
 
     Open with :meth:`open`, close with :meth:`close` (or use it as a context manager). Every
@@ -394,15 +392,8 @@ class Inventory:
 
     def __init__(self, engine: Engine, url: str) -> None:
         """Wrap an engine made by :func:`certpilot.store.engine.create`; use :meth:`open`."""
-        self._engine = engine
-        self._url = url
-        self._shown_url = engines.redact(url)
-        self._dialect = engine.dialect.name
+        super().__init__(engine, url)
         self._ts: Callable[[datetime], object] = timestamp_encoder(self._dialect)
-        # A ":memory:" database is one shared connection: calls must not interleave on it.
-        self._lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if engines.is_memory(engine.url) else contextlib.nullcontext()
-        )
         # A SQLite file's WAL is copied back into the database off the writers' path.
         self._checkpointer = (
             engines.WalCheckpointer(engine)
@@ -572,7 +563,7 @@ class Inventory:
         """Release every connection. The inventory must not be used afterwards."""
         if self._checkpointer is not None:
             self._checkpointer.close()
-        self._engine.dispose()
+        super().close()
 
     def wait_checkpoint(self) -> float:
         """Wait until the background WAL checkpoint (SQLite files) has caught up with every
@@ -582,20 +573,6 @@ class Inventory:
         keep rounds apart and to report the checkpoint's cost. 0.0 on other databases.
         """
         return self._checkpointer.wait() if self._checkpointer is not None else 0.0
-
-    def __enter__(self) -> Inventory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Inventory({self._shown_url!r})"
 
     def ping(self) -> None:
         """Run ``SELECT 1``; raise :class:`StoreError` when the database is unusable."""
@@ -1184,25 +1161,11 @@ class Inventory:
         return postgresql.insert(table)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn:
-            conn.execution_options(**{engines.WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
+        with super()._write() as conn:
+            yield conn
         if self._checkpointer is not None:
             self._checkpointer.request()  # committed: its pages can go to the database file
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as e:
-            raise engines.describe(self._url, self._engine, e) from e
 
     def _location_states(self, conn: Connection, refs: Sequence[str]) -> dict[str, bytes | None]:
         """The state texts (see ``_every_state_sql``) of the stored locations among ``refs``,

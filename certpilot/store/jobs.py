@@ -32,17 +32,14 @@ target has written it (0600) where it belongs. Receipts hold what a target needs
 from __future__ import annotations
 
 import builtins
-import contextlib
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Engine, Row, and_, func, insert, or_, select, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from certpilot.domain.errors import CertpilotError, StoreError
 from certpilot.domain.remedy import DeployReceipt
@@ -286,7 +283,7 @@ class JobCreated(NamedTuple):
     created: bool
 
 
-class JobStore:
+class JobStore(engines.EngineBacked):
     """Remediation jobs in the inventory database.
 
     Open with :meth:`open`, close with :meth:`close` (or use it as a context manager). Safe to
@@ -296,13 +293,7 @@ class JobStore:
 
     def __init__(self, engine: Engine, url: str) -> None:
         """Wrap an engine made by :func:`certpilot.store.engine.create`; use :meth:`open`."""
-        self._engine = engine
-        self._url = url
-        self._shown_url = engines.redact(url)
-        # A ":memory:" database is one shared connection: calls must not interleave on it.
-        self._lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if engines.is_memory(engine.url) else contextlib.nullcontext()
-        )
+        super().__init__(engine, url)
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -319,24 +310,6 @@ class JobStore:
             engine.dispose()
             raise
         return store
-
-    def close(self) -> None:
-        """Release every connection. The store must not be used afterwards."""
-        self._engine.dispose()
-
-    def __enter__(self) -> JobStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"JobStore({self._shown_url!r})"
 
     # ------------------------------------------------------------------------------ writing
 
@@ -546,25 +519,6 @@ class JobStore:
         return out
 
     # ---------------------------------------------------------------------------- plumbing
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._lock, self._guard(), self._engine.connect() as conn:
-            conn.execution_options(**{engines.WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as e:
-            raise engines.describe(self._url, self._engine, e) from e
 
 
 # -------------------------------------------------------------------------------- encoding
