@@ -169,8 +169,8 @@ class Settings(_Model):
         return [f.target() for f in self.targets.files]
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
+def _loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
@@ -179,21 +179,27 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def config_error(e: ValidationError, source: str, prefix: str = "") -> ConfigError:
+    """The first pydantic error as one line: file, field path (under ``prefix``), what was
+    expected and the value given, plus how many more errors there are."""
+    err = e.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "function" in p))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    extra = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
+    return ConfigError(
+        source, _loc(loc, prefix), msg + extra, err.get("input"), has_value=err["type"] != "missing"
+    )
+
+
 def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "function" in p))
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        extra = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
-        raise ConfigError(
-            source, _loc(loc), msg + extra, err.get("input"), has_value=err["type"] != "missing"
-        ) from e
+        raise config_error(e, source) from e
 
 
 def load_settings(path: str | Path) -> Settings:

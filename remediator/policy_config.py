@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from certpilot.domain.errors import ConfigError
-from certpilot.settings import Settings, parse_duration
+from certpilot.settings import Settings, config_error, parse_duration
 from remediator.policy import (
     DEFAULT_RULE,
     WEEKDAYS,
@@ -456,16 +456,6 @@ def _check_triggers(rule: Rule, source: str, where: str) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _loc(loc: tuple[int | str, ...], prefix: str) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def policy_from_mapping(data: Mapping[str, Any], source: str) -> Policy:
     """Validate a parsed document (the policy itself, or a config file with ``policy:``)."""
     prefix = ""
@@ -483,21 +473,7 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> Policy:
     try:
         doc = PolicyDocument.model_validate(dict(data))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "function" in p))
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        extra = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
-        raise ConfigError(
-            source,
-            _loc(loc, prefix),
-            msg + extra,
-            err.get("input"),
-            has_value=err["type"] != "missing",
-        ) from e
+        raise config_error(e, source, prefix) from e
     return doc.to_policy(source, prefix)
 
 
