@@ -7,6 +7,8 @@ the scanner (and its worker pool), the metrics registry, the HTTP server and the
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import os
 import time
@@ -14,18 +16,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from certpilot.domain.clock import Clock
-from certpilot.domain.inventory import Event
-from certpilot.domain.model import Observation, Target
+from certpilot.domain.inventory import Event, InventoryItem
+from certpilot.domain.model import EndpointTarget, Observation, Target
+from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
+from certpilot.remediate import RemediationRuntime, open_remediation, webhook_token
 from certpilot.settings import Settings
 from certpilot.store import Inventory
+from remediator.webhook import AlertIntake, make_handler
 from scanner.runner import Progress, Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
 from slo import service as slo_service
@@ -117,17 +123,62 @@ async def slo_cycle(
     return statuses
 
 
+def scan_targets(settings: Settings, deploy_targets: Sequence[DeployTarget]) -> list[Target]:
+    """What ``run`` scans: the configured endpoints and files, plus every endpoint a deploy
+    target serves (a managed certificate is watched without being listed twice)."""
+    out: list[EndpointTarget] = [*settings.endpoint_targets()]
+    seen = {t.ref for t in out}
+    for dt in deploy_targets:
+        for ep in dt.endpoints():
+            if ep.ref not in seen:
+                seen.add(ep.ref)
+                out.append(ep)
+    return [*out, *settings.file_targets()]
+
+
+def _lookup(inventory: Inventory, ref: str, fingerprint: str) -> InventoryItem | None:
+    """The inventory item an alert names, by its ``ref`` label or a certificate fingerprint."""
+    if ref:
+        item = inventory.item(ref)
+        if item is not None:
+            return item
+    if fingerprint:
+        fp = fingerprint.lower().replace(":", "")
+        for it in inventory.items(now=datetime.now(UTC)):
+            if (it.fingerprint_sha256 or "").lower() == fp:
+                return it
+    return None
+
+
+def _chain_of(inventory: Inventory, fingerprint: str) -> str:
+    der = inventory.certificate_der(fingerprint)
+    if der is None:
+        return ""
+    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
 class Service:
     """``certpilot run``: scheduled scans, store, metrics and HTTP until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, clock: Clock, *, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        *,
+        env: Mapping[str, str] | None = None,
+        config_path: str | Path | None = None,
+    ):
         self.settings = settings
+        self.config_path = config_path
         self.clock = clock
         self.env = env if env is not None else dict(os.environ)
         self.registry = CollectorRegistry()
         self.ready = False
         self.port: int | None = None
         self._scan_lock = asyncio.Lock()
+        self.shutdown_grace = 30.0
 
     def _readiness(self) -> tuple[bool, str]:
         return (True, "ok") if self.ready else (False, "first scan not finished")
@@ -139,19 +190,44 @@ class Service:
             metrics = Metrics(self.registry, inventory, self.clock)
             scanner = Scanner(scan_options(self.settings), self.clock)
             stack.callback(scanner.close)
+            rt = open_remediation(
+                self.settings,
+                self.clock,
+                prober=scanner,
+                inventory=inventory,
+                metrics=metrics,
+                config_path=self.config_path,
+            )
+            stack.callback(rt.close)
+            wake = asyncio.Event()
+            intake = AlertIntake(
+                rt.remediation,
+                lambda ref, fp: _lookup(inventory, ref, fp),
+                chain_of=lambda fp: _chain_of(inventory, fp),
+            )
+
+            def jobs_json(state: str | None, limit: int) -> list[dict[str, object]]:
+                states = [state] if state else None
+                return [j.to_dict() for j in rt.jobs.list(states, limit=limit, newest_first=True)]
+
             app = build_app(
                 registry=self.registry,
                 inventory=inventory,
                 clock=self.clock,
                 readiness=self._readiness,
+                jobs=jobs_json,
             )
+            app.router.add_post(
+                "/hooks/alertmanager",
+                make_handler(intake, webhook_token(self.settings, self.env), wake=wake.set),
+            )
+            # Jobs a previous process left in flight: finish or roll back before anything new.
+            for outcome in await rt.executor.resume_all():
+                log.info("resumed job %d: %s %s", outcome.job.id, outcome.job.state, outcome.note)
             runner = await serve(app, self.settings.http.host, self.settings.http.port)
             stack.push_async_callback(runner.cleanup)
             self.port = bound_port(runner)
-            targets: list[Target] = [
-                *self.settings.endpoint_targets(),
-                *self.settings.file_targets(),
-            ]
+            targets = scan_targets(self.settings, rt.targets)
 
             async def cycle() -> None:
                 if self._scan_lock.locked():
@@ -166,6 +242,7 @@ class Service:
                         log.exception("scan cycle failed")
                         return
                     self.ready = True
+                    wake.set()  # new inventory: plan renewals
                     counts = Counter(c.value for o in res.observations for c in o.codes)
                     log.info(
                         "scanned %d items in %.1fs: %d events; problems %s",
@@ -207,10 +284,45 @@ class Service:
             )
             scheduler.start()
             stack.callback(lambda: scheduler.shutdown(wait=False))
+            jobs_task = asyncio.create_task(
+                self._job_loop(rt, inventory, metrics, wake, stop), name="jobs"
+            )
             await stop.wait()
             log.info("stopping")
+            wake.set()
+            try:
+                # A job in flight finishes (or rolls back) if it can within the grace period;
+                # otherwise it is cancelled and the next start resumes it.
+                await asyncio.wait_for(jobs_task, timeout=self.shutdown_grace)
+            except TimeoutError:
+                log.warning("a job was still running at shutdown; the next start resumes it")
             async with self._scan_lock:
                 pass
 
+    async def _job_loop(
+        self,
+        rt: RemediationRuntime,
+        inventory: Inventory,
+        metrics: Metrics,
+        wake: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        """Plan renewals and run due jobs: every ``remediation.interval``, after each scan and
+        when the webhook queued a job."""
+        r = self.settings.remediation
+        while not stop.is_set():
+            try:
+                if r.enabled and self.ready:
+                    items = await asyncio.to_thread(inventory.items, now=self.clock.now())
+                    await rt.remediation.plan(items)
+                if not stop.is_set():
+                    await rt.executor.run_due()
+                metrics.observe_jobs(await asyncio.to_thread(rt.jobs.counts))
+            except Exception:
+                log.exception("remediation cycle failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=r.interval)
+            wake.clear()
 
-__all__ = ["ScanResult", "Service", "scan_and_record", "scan_options"]
+
+__all__ = ["ScanResult", "Service", "scan_and_record", "scan_options", "scan_targets"]

@@ -546,7 +546,7 @@ async def _run(args: argparse.Namespace) -> int:
     from certpilot.app import Service
 
     settings = load_settings(args.config)
-    service = Service(settings, SystemClock())
+    service = Service(settings, SystemClock(), config_path=args.config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

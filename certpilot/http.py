@@ -38,6 +38,9 @@ from certpilot.domain.x509 import iso
 log = logging.getLogger("certpilot.http")
 
 Readiness = Callable[[], tuple[bool, str]]
+#: ``(state or None, limit) -> jobs as JSON objects``, newest first; ``ValueError`` for an
+#: unknown state. The job store lives in ``certpilot.store``; the composition root binds it.
+JobsReader = Callable[[str | None, int], list[dict[str, object]]]
 
 MAX_EVENTS_LIMIT = 10_000
 DEFAULT_EVENTS_LIMIT = 1_000
@@ -148,7 +151,9 @@ class _Handlers:
         inventory: InventoryReader,
         clock: Clock,
         readiness: Readiness | None,
+        jobs: JobsReader | None = None,
     ) -> None:
+        self._jobs = jobs
         self._registry = registry
         self._inventory = inventory
         self._clock = clock
@@ -224,6 +229,18 @@ class _Handlers:
         runs = await asyncio.to_thread(self._inventory.runs, limit)
         return web.json_response({"runs": [_run_to_dict(r) for r in runs], "count": len(runs)})
 
+    async def jobs(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        limit = _integer(q, "limit", default=DEFAULT_RUNS_LIMIT, minimum=1, cap=MAX_EVENTS_LIMIT)
+        state = _query_value(q, "state")
+        if self._jobs is None:
+            return web.json_response({"jobs": [], "count": 0})
+        try:
+            jobs = await asyncio.to_thread(self._jobs, state, limit)
+        except ValueError as e:
+            raise BadQuery("state", str(e)) from None
+        return web.json_response({"jobs": jobs, "count": len(jobs)})
+
 
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -250,14 +267,15 @@ def build_app(
     inventory: InventoryReader,
     clock: Clock,
     readiness: Readiness | None = None,
+    jobs: JobsReader | None = None,
 ) -> web.Application:
     """The aiohttp application with certpilot's read-side routes.
 
     ``registry`` is exposed on ``/metrics`` as is (register a :class:`certpilot.obs.Metrics` on
     it); ``readiness`` adds an app-level condition to ``/readyz`` (e.g. "first scan done") and
-    returns ``(ready, reason)``.
+    returns ``(ready, reason)``; ``jobs`` serves ``/api/v1/jobs?state=&limit=``.
     """
-    h = _Handlers(registry, inventory, clock, readiness)
+    h = _Handlers(registry, inventory, clock, readiness, jobs)
     app = web.Application(middlewares=[_error_middleware])
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
@@ -265,6 +283,7 @@ def build_app(
     app.router.add_get("/api/v1/inventory", h.inventory)
     app.router.add_get("/api/v1/events", h.events)
     app.router.add_get("/api/v1/runs", h.runs)
+    app.router.add_get("/api/v1/jobs", h.jobs)
     return app
 
 

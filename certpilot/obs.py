@@ -690,6 +690,15 @@ class Metrics:
             for severity, firing in status.firing.items():
                 self.slo_alert.labels(*ids, severity).set(1.0 if firing else 0.0)
 
+    def observe_jobs(self, counts: Mapping[str, int]) -> None:
+        """``certpilot_jobs{state}`` from the job store's counts (every state, zeros too)."""
+        for state, n in counts.items():
+            self.jobs.labels(state).set(n)
+
+    def observe_issuance(self, seconds: float) -> None:
+        """One renewal from order to verified-served (``certpilot_issuance_latency_seconds``)."""
+        self.issuance_latency.observe(seconds)
+
     def observe_source_error(self, source: str, reason: str) -> None:
         """A run of ``source`` failed as a whole (API down, sealed vault, bad credentials).
 

@@ -142,6 +142,71 @@ class TargetSettings(_Model):
     files: tuple[Annotated[FileSettings, BeforeValidator(_file_shorthand)], ...] = ()
 
 
+class DeploySettings(BaseModel):
+    """One deploy target: ``name``, ``kind`` (a key of ``remediator.targets.TARGET_TYPES``),
+    ``issuer`` (used when the policy names none) and the kind's own options, passed on as they
+    are and validated by the adapter (``certpilot config check`` builds every target)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: str = Field(min_length=1)
+    issuer: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class IssuerSettings(BaseModel):
+    """One issuer: ``kind`` (``acme``, ``local_ca``, ``openbao_pki``) and its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class WebhookSettings(_Model):
+    """``/hooks/alertmanager``: the bearer token comes from a file or the environment, never
+    from the YAML. Without either, the hook answers 503 (it never runs unauthenticated)."""
+
+    token_file: str | None = None
+    token_env: str = "CERTPILOT_WEBHOOK_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+class RemediationSettings(_Model):
+    """The remediator: issuers, deploy targets (in deploy order: the first that holds a
+    certificate is its canary), the policy file and the executor's timings."""
+
+    enabled: bool = True  # plan and run renewals in `certpilot run`
+    policy: str | None = None  # default: policy.yaml next to the config, else built-in rules
+    issuers: dict[str, IssuerSettings] = Field(default_factory=dict)
+    targets: tuple[DeploySettings, ...] = ()
+    interval: Duration = 60.0  # plan renewals and run due jobs this often
+    horizon: Duration = 0.0  # also plan renewals due within this long
+    verify_timeout: Duration = 120.0
+    verify_hold: Duration = 0.7
+    verify_interval: Duration = 0.2
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @model_validator(mode="after")
+    def _references(self) -> RemediationSettings:
+        seen: set[str] = set()
+        for i, t in enumerate(self.targets):
+            if t.name in seen:
+                raise ValueError(f"targets[{i}]: deploy target {t.name!r} is listed twice")
+            seen.add(t.name)
+            if t.issuer is not None and t.issuer not in self.issuers:
+                known = ", ".join(sorted(self.issuers)) or "none configured"
+                raise ValueError(
+                    f"targets[{i}].issuer: unknown issuer {t.issuer!r} (issuers: {known})"
+                )
+        return self
+
+
 class Settings(_Model):
     """The whole configuration. Every field has a working default."""
 
@@ -151,6 +216,7 @@ class Settings(_Model):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     slo: SLOSettings = Field(default_factory=SLOSettings)
     targets: TargetSettings = Field(default_factory=TargetSettings)
+    remediation: RemediationSettings = Field(default_factory=RemediationSettings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:

@@ -61,6 +61,7 @@ from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertificateParseError, CertpilotError
 from certpilot.domain.protocols import Prober
 from certpilot.domain.remedy import (
+    CertificateHolder,
     DeployError,
     DeployReceipt,
     DeployTarget,
@@ -361,11 +362,15 @@ class Executor:
         if not job.targets or missing:
             what = f"unknown deploy target {missing[0]!r}" if missing else "no deploy targets"
             return await self._fail(job, f"cannot run: {what}")
-        if certificate is None:
-            if job.action == Action.REDEPLOY:
+        if certificate is None and job.action == Action.REDEPLOY:
+            certificate = await self._held(job)
+            if certificate is None:
                 return await self._fail(
-                    job, "cannot run: a redeploy needs the certificate and key to deploy"
+                    job,
+                    "cannot run: no target holds a certificate and key to redeploy "
+                    f"({', '.join(job.targets)})",
                 )
+        if certificate is None:
             issuer = self.issuers.get(job.issuer)
             if issuer is None:
                 return await self._fail(job, f"cannot run: unknown issuer {job.issuer!r}")
@@ -405,6 +410,21 @@ class Executor:
         )
         log.info("job %d: certificate serial %s ready for %s", job.id, serial, job.subject)
         return await self._deploy_all(job, certificate)
+
+    async def _held(self, job: Job) -> IssuedCertificate | None:
+        """What a redeploy pushes out: the certificate the first target that can say so holds
+        now (the files on disk, the KV store's latest version)."""
+        for name in job.targets:
+            target = self.targets[name]
+            if isinstance(target, CertificateHolder):
+                try:
+                    held = await target.current()
+                except (DeployError, OSError) as e:
+                    log.warning("job %d: cannot read %s: %s", job.id, name, error_line(e))
+                    continue
+                if held is not None:
+                    return held
+        return None
 
     async def _issue_failed(self, job: Job, error: Exception) -> RunOutcome:
         message = error_line(error)

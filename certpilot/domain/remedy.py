@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from certpilot.domain.errors import CertpilotError
 from certpilot.domain.model import EndpointTarget
@@ -103,6 +103,15 @@ class DeployTarget(Protocol):
     async def deploy(self, cert: IssuedCertificate) -> DeployReceipt: ...
 
     async def rollback(self, receipt: DeployReceipt) -> None: ...
+
+
+@runtime_checkable
+class CertificateHolder(Protocol):
+    """A deploy target that can say what it holds now (the files on disk, the latest KV
+    version, the Secret's data): what ``certpilot redeploy`` pushes out again when a renewed
+    certificate was stored but never served. ``None`` when it holds nothing usable."""
+
+    async def current(self) -> IssuedCertificate | None: ...
 
 
 class IssuerError(CertpilotError):

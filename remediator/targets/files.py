@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import NoReturn
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certpilot.domain.errors import ConfigError, UsageError
 from certpilot.domain.model import EndpointTarget
@@ -148,6 +149,39 @@ class FilesTarget:
 
     def endpoints(self) -> Sequence[EndpointTarget]:
         return self.config.endpoints
+
+    def locations(self) -> Sequence[str]:
+        """The inventory refs of the files this target writes (the files scanner's
+        ``file://<absolute path>#0`` for the leaf), so a scanned file maps to its target."""
+        paths = [self.config.cert_path, self.config.fullchain_path]
+        return [f"file://{os.path.abspath(p)}#0" for p in paths if p is not None]  # noqa: PTH100
+
+    async def current(self) -> IssuedCertificate | None:
+        """The certificate and key on disk now (what ``certpilot redeploy`` pushes out again);
+        ``None`` when a file is missing or does not parse. Implements
+        ``certpilot.domain.remedy.CertificateHolder``."""
+        c = self.config
+        try:
+            chain = c.cert_path.read_bytes()
+            if c.chain_path is not None and c.chain_path.exists():
+                chain = chain.rstrip(b"\n") + b"\n" + c.chain_path.read_bytes()
+            key = c.key_path.read_bytes()
+            blocks = _PEM_CERT.findall(chain)
+            if not blocks or not _PEM_KEY.search(key):
+                return None
+            leaf = x509.load_pem_x509_certificate(blocks[0])
+        except (OSError, ValueError):
+            return None
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        return IssuedCertificate(
+            chain_pem=b"".join(b if b.endswith(b"\n") else b + b"\n" for b in blocks),
+            key_pem=key,
+            serial=format(leaf.serial_number, "x"),
+            fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            issuer_name="",
+        )
 
     # -- deploy ----------------------------------------------------------------------------
 

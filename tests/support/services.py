@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -60,7 +61,8 @@ def free_ports(n: int) -> list[int]:
 
 def find_binary(name: str) -> str | None:
     """``name`` on PATH, or in an sbin directory."""
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
+    here = str(Path(sys.executable).parent)  # the venv: pip-installed binaries (bao)
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join([here, *_SBIN_DIRS]))
 
 
 def require_binary(name: str) -> str:

@@ -1,0 +1,331 @@
+"""The remediator as the service, the CLI and the Alertmanager webhook use it: from "this
+certificate needs something" to a job, under policy.
+
+:class:`Remediation` holds the policy, the deploy targets in deploy order, the issuer each
+target names, and the :class:`~remediator.executor.Executor`. It answers three questions:
+
+* **Which targets hold a certificate?** Every target whose locations (the endpoints it serves,
+  the files it writes) include one of the certificate's inventory refs, in configured order,
+  so the first configured one is the canary (:meth:`Remediation.targets_for`).
+* **What may happen?** :meth:`Remediation.request` gathers the facts the policy needs from the
+  job store (past orders for the rate budgets, jobs in flight per rule, certificates that
+  already have an open job), calls :func:`remediator.policy.decide`, and submits a job when
+  the verdict allows one (``allow`` -> ``approved``, ``needs_approval`` ->
+  ``pending_approval``; ``wait`` -> ``approved`` with ``next_attempt_at`` at the moment the
+  policy gave). ``deny``, ``dry_run`` and ``not_due`` create nothing and are audited.
+* **What is due?** :meth:`Remediation.plan` runs :func:`remediator.policy.plan_renewals` over
+  the inventory and submits one job per planned renewal, each starting at its planned time:
+  a mass event (a CA revoking 100 certificates) becomes jobs spread over as many budget
+  windows as the CA's limits need, so the CA never has to answer 429.
+
+Everything here is orchestration over the pure policy and the executor; the store calls run in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from certpilot.domain.audit import AuditAction, AuditDraft, AuditResult
+from certpilot.domain.clock import Clock
+from certpilot.domain.inventory import InventoryItem
+from certpilot.domain.remedy import DeployTarget, RevocationReason
+from certpilot.store.jobs import IN_FLIGHT_STATES, Job, JobStore, NewJob
+from remediator.executor import Executor
+from remediator.jobs import JobState, redeploy_key, renew_key, revoke_key
+from remediator.policy import (
+    Action,
+    CertFacts,
+    Decision,
+    Facts,
+    OrderRecord,
+    PlannedRenewal,
+    Policy,
+    Request,
+    Verdict,
+    decide,
+    plan_renewals,
+)
+
+log = logging.getLogger("certpilot.remediator")
+
+#: How far back job history counts as orders against the issuers' rate budgets (the longest
+#: window a CA uses: Let's Encrypt's duplicate-certificate limit is 7 days).
+ORDER_HISTORY = timedelta(days=7)
+
+#: Open jobs: their certificate is "busy" (no second job for it).
+OPEN_STATES: frozenset[str] = frozenset(
+    {JobState.PENDING_APPROVAL, JobState.APPROVED, *IN_FLIGHT_STATES}
+)
+
+
+@runtime_checkable
+class Locatable(Protocol):
+    """A target that knows which inventory locations it writes besides the endpoints it
+    serves (a files target: ``file://<cert path>#0``)."""
+
+    def locations(self) -> Sequence[str]: ...
+
+
+def target_locations(target: DeployTarget) -> frozenset[str]:
+    """The inventory refs whose certificate ``target`` deploys."""
+    refs = {ep.ref for ep in target.endpoints()}
+    if isinstance(target, Locatable):
+        refs.update(target.locations())
+    return frozenset(refs)
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """What :meth:`Remediation.request` did: the policy's ``decision``, the job (new or the
+    existing one with the same key) when one exists, and a line for people."""
+
+    decision: Decision | None
+    job: Job | None
+    created: bool
+    note: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "created": self.created,
+            "note": self.note,
+            "decision": self.decision.to_dict() if self.decision else None,
+            "job": self.job.to_dict() if self.job else None,
+        }
+
+
+class Remediation:
+    """Policy + targets + executor. ``targets`` are in deploy order; ``target_issuers`` maps a
+    target name to the issuer it names (used when the policy's rule names none);
+    ``default_issuer`` is the last resort (the only configured issuer, typically)."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        policy: Policy,
+        targets: Sequence[DeployTarget],
+        *,
+        target_issuers: Mapping[str, str] | None = None,
+        default_issuer: str | None = None,
+        horizon: timedelta = timedelta(0),
+    ) -> None:
+        self.executor = executor
+        self.policy = policy
+        self.targets = tuple(targets)
+        self.target_issuers = dict(target_issuers or {})
+        self.default_issuer = default_issuer
+        self.horizon = horizon
+        self._locations = {t.name: target_locations(t) for t in self.targets}
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.jobs
+
+    @property
+    def clock(self) -> Clock:
+        return self.executor.clock
+
+    # ------------------------------------------------------------------ where and who
+
+    def targets_for(self, refs: Iterable[str]) -> tuple[str, ...]:
+        """Names of the targets that hold any of ``refs``, canary (first configured) first."""
+        wanted = set(refs)
+        return tuple(t.name for t in self.targets if self._locations[t.name] & wanted)
+
+    def issuer_for(self, targets: Sequence[str], decided: str | None) -> str | None:
+        """The policy's issuer, else the first target's configured one, else the default."""
+        if decided:
+            return decided
+        for name in targets:
+            if name in self.target_issuers:
+                return self.target_issuers[name]
+        return self.default_issuer
+
+    async def facts(self, now: datetime) -> Facts:
+        """What the policy needs from history: orders of the last 7 days (each renewal that
+        reached its CA counts once), open jobs per rule, and the certificates with one."""
+        jobs: list[Job] = await asyncio.to_thread(self.jobs.list)
+        since = now - ORDER_HISTORY
+        orders: list[OrderRecord] = []
+        in_flight: Counter[str] = Counter()
+        busy: set[str] = set()
+        for job in jobs:
+            if job.state in OPEN_STATES:
+                if job.fingerprint:
+                    busy.add(job.fingerprint)
+                if job.state != JobState.PENDING_APPROVAL and job.rule:
+                    in_flight[job.rule] += 1
+            if job.action != Action.RENEW or job.attempts == 0 or not job.issuer:
+                continue
+            at = job.state_times.get(JobState.ISSUING, job.updated_at)
+            if at >= since:
+                orders.append(OrderRecord(at=at, issuer=job.issuer, names=frozenset(job.names)))
+        return Facts(orders=tuple(orders), in_flight=dict(in_flight), busy=frozenset(busy))
+
+    # ------------------------------------------------------------------------ requests
+
+    async def request(
+        self,
+        action: Action,
+        cert: CertFacts,
+        *,
+        requester: str,
+        force: bool = False,
+        issuer: str | None = None,
+        reason: RevocationReason | None = None,
+        chain_pem: str = "",
+        key: str | None = None,
+        not_before: datetime | None = None,
+    ) -> Requested:
+        """Ask for ``action`` on ``cert`` (see the module docstring). ``key`` overrides the
+        idempotency key (the webhook uses the alert's); ``force`` skips the due check (an
+        explicit ``certpilot renew NAME``, a revoked or broken certificate)."""
+        now = self.clock.now()
+        targets = self.targets_for(cert.refs)
+        if key is None:
+            key = _job_key(action, cert, targets)
+        existing = await asyncio.to_thread(self.jobs.find, key)
+        if existing is not None:
+            return Requested(None, existing, False, f"job {existing.id} exists ({existing.state})")
+        facts = await self.facts(now)
+        if action != Action.REVOKE and cert.fingerprint and cert.fingerprint in facts.busy:
+            open_job = await self._open_job_for(cert.fingerprint)
+            if open_job is not None:
+                return Requested(None, open_job, False, f"job {open_job.id} is already open for it")
+        decision = decide(
+            Request(action, cert, requester=requester, issuer=issuer, force=force),
+            facts,
+            self.policy,
+            now,
+        )
+        if decision.verdict in {Verdict.DENY, Verdict.DRY_RUN, Verdict.NOT_DUE}:
+            await self._audit_refusal(action, cert, decision, requester)
+            return Requested(decision, None, False, decision.summary())
+        if action != Action.REVOKE and not targets:
+            note = "no deploy target holds " + (", ".join(cert.refs) or ", ".join(cert.names))
+            return Requested(decision, None, False, note + " (remediation.targets)")
+        start = not_before
+        if decision.verdict == Verdict.WAIT:
+            if decision.wait_until is None:  # only the concurrency limit: try again soon
+                start = now + timedelta(minutes=1)
+            else:
+                start = max(decision.wait_until, start or now)
+            decision = replace(decision, verdict=Verdict.ALLOW)
+        chosen = self.issuer_for(targets, decision.issuer)
+        new = NewJob(
+            key=key,
+            action=action.value,
+            names=_names(cert),
+            targets=targets if action != Action.REVOKE else (),
+            issuer=chosen or "",
+            fingerprint=cert.fingerprint or "",
+            ref=cert.refs[0] if cert.refs else "",
+            requester=requester,
+            reason=int(reason) if reason is not None else None,
+            subject_chain_pem=chain_pem,
+            next_attempt_at=start if start is not None and start > now else None,
+        )
+        created = await self.executor.submit(new, decision, actor=requester)
+        job = created.job
+        note = f"job {job.id}: {job.state}"
+        if job.next_attempt_at is not None:
+            note += f", starts {job.next_attempt_at.isoformat()}"
+        return Requested(decision, job, created.created, note)
+
+    async def _open_job_for(self, fingerprint: str) -> Job | None:
+        jobs: list[Job] = await asyncio.to_thread(self.jobs.list, OPEN_STATES)
+        return next((j for j in jobs if j.fingerprint == fingerprint), None)
+
+    async def _audit_refusal(
+        self, action: Action, cert: CertFacts, decision: Decision, requester: str
+    ) -> None:
+        result = {
+            Verdict.DENY: AuditResult.DENIED,
+            Verdict.DRY_RUN: "dry_run",
+            Verdict.NOT_DUE: "not_due",
+        }[decision.verdict]
+        why = "; ".join(c.explanation for c in decision.failed) or decision.summary()
+        await asyncio.to_thread(
+            self.executor.audit.append,
+            AuditDraft(
+                at=self.clock.now(),
+                actor=requester or "certpilot",
+                action=AuditAction.POLICY_DECISION,
+                subject=",".join(_names(cert)) or (cert.refs[0] if cert.refs else ""),
+                rule=decision.rule,
+                result=result,
+                before=cert.fingerprint or "",
+                detail={"action": action.value, "why": why, "verdict": decision.verdict.value},
+            ),
+        )
+
+    # ------------------------------------------------------------------------ planning
+
+    async def plan(self, items: Sequence[InventoryItem]) -> list[tuple[PlannedRenewal, Requested]]:
+        """Plan the renewals due (within ``horizon``) and submit a job for each one that has
+        somewhere to go; returns what was planned and what came of it."""
+        now = self.clock.now()
+        facts = await self.facts(now)
+        managed = [it for it in items if self.targets_for([it.ref])]
+        plan = plan_renewals(managed, self.policy, facts, now, horizon=self.horizon)
+        out: list[tuple[PlannedRenewal, Requested]] = []
+        for p in plan:
+            if p.verdict == Verdict.DRY_RUN:
+                continue
+            cert = _facts_for(p, managed)
+            res = await self.request(
+                Action.RENEW,
+                cert,
+                requester="schedule",
+                force=True,  # the planner already decided it is due
+                not_before=p.at,
+            )
+            out.append((p, res))
+        return out
+
+    async def tick(self, items: Sequence[InventoryItem]) -> None:
+        """One scheduler tick: plan, then run what is due."""
+        await self.plan(items)
+        await self.executor.run_due()
+
+
+def _names(cert: CertFacts) -> tuple[str, ...]:
+    seen: list[str] = []
+    for n in cert.names:
+        if n and n.lower() not in {s.lower() for s in seen}:
+            seen.append(n)
+    return tuple(seen)
+
+
+def _job_key(action: Action, cert: CertFacts, targets: Sequence[str]) -> str:
+    fp = cert.fingerprint or ",".join(sorted(n.lower() for n in cert.names))
+    if action == Action.RENEW:
+        if cert.not_after is None:
+            return f"renew:{fp}"
+        return renew_key(fp, cert.not_after)
+    if action == Action.REDEPLOY:
+        return redeploy_key(fp, targets)
+    return revoke_key(fp)
+
+
+def _facts_for(p: PlannedRenewal, items: Sequence[InventoryItem]) -> CertFacts:
+    """The planned certificate's facts with every ref the planner merged."""
+    for it in items:
+        if p.fingerprint is not None and it.fingerprint_sha256 == p.fingerprint:
+            return replace(CertFacts.from_item(it), refs=p.refs)
+    return CertFacts(names=p.names, fingerprint=p.fingerprint, not_after=p.not_after, refs=p.refs)
+
+
+__all__ = [
+    "ORDER_HISTORY",
+    "Locatable",
+    "Remediation",
+    "Requested",
+    "target_locations",
+]
