@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from certpilot import __version__
+from certpilot import __version__, cli_jobs
 from certpilot.domain.audit import AuditEntry, anchor
 from certpilot.domain.clock import SystemClock
 from certpilot.domain.errors import CertpilotError, ConfigError, UsageError
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--at", type=_timestamp, metavar="TIME", help="decide as of TIME (ISO 8601; default now)"
     )
     pe.add_argument("--format", choices=["table", "json"], default="table")
+    cli_jobs.add_parsers(sub, _Parser)
     return p
 
 
@@ -610,7 +611,6 @@ def _policy_explain(args: argparse.Namespace) -> int:
     from rich.table import Table as RichTable
     from rich.text import Text as RichText
 
-    from certpilot.domain.chain import hostname_matches
     from certpilot.domain.inventory import InventoryItem
     from certpilot.domain.x509 import iso
     from certpilot.store import Inventory
@@ -628,18 +628,9 @@ def _policy_explain(args: argparse.Namespace) -> int:
         _require_db(url)
         with Inventory.open(url) as inventory:
             items = inventory.items(now=now)
-    name = args.name.strip().lower()
-    hexed = name.replace(":", "")
-    is_hex = len(hexed) >= 8 and all(c in "0123456789abcdef" for c in hexed)
 
     def holds(it: InventoryItem) -> bool:
-        fp = (it.fingerprint_sha256 or "").lower()
-        return (
-            name in {it.ref.lower(), it.target.lower(), (it.subject_cn or "").lower()}
-            or any(h.lower() == name for h in CertFacts.from_item(it).hosts)
-            or (is_hex and fp.startswith(hexed))
-            or (bool(it.sans) and hostname_matches(name, it.sans))
-        )
+        return cli_jobs.matches(it, args.name)
 
     pairs: list[tuple[InventoryItem | None, CertFacts]] = [
         (it, CertFacts.from_item(it)) for it in items if holds(it)
@@ -727,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dashboards(args)
         if args.command == "policy":
             return _policy_explain(args)
+        if args.command in {"renew", "redeploy", "revoke", "jobs", "approve", "retry", "cancel"}:
+            return cli_jobs.run(args)
     except CertpilotError as e:
         print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USAGE

@@ -125,7 +125,7 @@ class Remediation:
 
     @property
     def jobs(self) -> JobStore:
-        return self.jobs
+        return self.executor.jobs
 
     @property
     def clock(self) -> Clock:
