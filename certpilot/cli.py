@@ -697,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The scheduler logs every run of every job at INFO: noise next to certpilot's own lines.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if args.command == "scan":
             return asyncio.run(_scan(args))

@@ -123,7 +123,8 @@ def _time(value: object, where: str, *, optional: bool = False) -> datetime | No
     # Go writes up to nine fractional digits; Python reads six.
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
+        # Only the digits right after the dot: an offset such as "+01:00" has digits too.
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         tail = rest[len(digits) :]
         text = f"{head}.{digits[:6]}{tail}"
     try:

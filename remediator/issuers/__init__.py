@@ -11,6 +11,7 @@ kind       module                                          options
 =========  ==============================================  =====================================
 acme       :mod:`remediator.issuers.acme_client`           :class:`~.acme_client.AcmeConfig`
 local_ca   :mod:`remediator.issuers.local_ca`              :class:`~.local_ca.LocalCAConfig`
+openbao_pki :mod:`remediator.issuers.openbao_pki`          :class:`~.openbao_pki.OpenBaoPKIConfig`
 =========  ==============================================  =====================================
 """
 
@@ -41,10 +42,17 @@ def _local_ca(name: str, options: Mapping[str, Any], clock: Clock) -> Issuer:
     )
 
 
+def _openbao_pki(name: str, options: Mapping[str, Any], clock: Clock) -> Issuer:
+    from remediator.issuers.openbao_pki import from_config
+
+    return from_config(name, options, clock)
+
+
 ISSUER_KINDS: Mapping[str, IssuerFactory] = MappingProxyType(
     {
         "acme": _acme,
         "local_ca": _local_ca,
+        "openbao_pki": _openbao_pki,
     }
 )
 

@@ -12,9 +12,13 @@ files      :mod:`remediator.targets.files`: certificate, chain and key files wri
            (argv lists, :mod:`remediator.targets.command`). A "reload" is part of this kind,
            not a kind of its own: a reload without the files it reloads has nothing to roll
            back to.
+openbao_kv :mod:`remediator.targets.openbao_kv`: a KV v2 secret in OpenBao/Vault, a new version
+           per deploy (check-and-set), rollback writes the previous version's data again.
+k8s_secret :mod:`remediator.targets.k8s_secret`: a ``kubernetes.io/tls`` Secret, replaced
+           with optimistic concurrency; the previous data kept in ``<name>-certpilot-prev``.
 =========  ================================================================================
 
-Adding a kind (``openbao_kv``, ``k8s_secret``): write ``remediator/targets/<module>.py`` with a
+Adding a kind: write ``remediator/targets/<module>.py`` with a
 ``from_config(name, options, *, source, field) -> DeployTarget`` that validates ``options``
 into a frozen config (``ConfigError`` naming the field), and add one line to
 :data:`TARGET_TYPES`. Nothing else changes: settings and the executor look kinds up here.
@@ -28,7 +32,6 @@ from typing import Protocol
 
 from certpilot.domain.errors import ConfigError
 from certpilot.domain.remedy import DeployTarget
-from remediator.targets import files
 
 
 class TargetFactory(Protocol):
@@ -40,11 +43,37 @@ class TargetFactory(Protocol):
     ) -> DeployTarget: ...
 
 
+def _files(
+    name: str, data: Mapping[str, object], *, source: str = "config", field: str = "targets"
+) -> DeployTarget:
+    from remediator.targets import files
+
+    return files.from_config(name, data, source=source, field=field)
+
+
+def _openbao_kv(
+    name: str, data: Mapping[str, object], *, source: str = "config", field: str = "targets"
+) -> DeployTarget:
+    from remediator.targets import openbao_kv
+
+    return openbao_kv.from_config(name, data, source=source, field=field)
+
+
+def _k8s_secret(
+    name: str, data: Mapping[str, object], *, source: str = "config", field: str = "targets"
+) -> DeployTarget:
+    from remediator.targets import k8s_secret
+
+    return k8s_secret.from_config(name, data, source=source, field=field)
+
+
+# Adapters load when a target of their kind is configured (hvac, lightkube stay unimported
+# otherwise).
 TARGET_TYPES: Mapping[str, TargetFactory] = MappingProxyType(
     {
-        files.KIND: files.from_config,
-        # "openbao_kv": openbao_kv.from_config,  (issue 4, item 3: not built yet)
-        # "k8s_secret": k8s_secret.from_config,  (issue 4, item 3: not built yet)
+        "files": _files,
+        "openbao_kv": _openbao_kv,
+        "k8s_secret": _k8s_secret,
     }
 )
 

@@ -544,7 +544,7 @@ async def test_garbage_is_refused_before_touching_files(env: Env) -> None:
 
 
 def test_table_builds_a_files_target_from_yaml_options(tmp_path: Path) -> None:
-    assert set(TARGET_TYPES) == {"files"}
+    assert set(TARGET_TYPES) == {"files", "openbao_kv", "k8s_secret"}
     target = build_target(
         "files",
         "edge",

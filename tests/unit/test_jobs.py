@@ -758,7 +758,9 @@ async def test_redeploy_deploys_the_certificate_handed_in(world: World) -> None:
         await ex.submit(NewJob(key="redeploy:x", action="redeploy", targets=("a",), names=()))
     ).job
     missing = await ex.run(job.id)
-    assert missing.job.state == "failed" and "no target holds a certificate" in missing.job.last_error
+    assert (
+        missing.job.state == "failed" and "no target holds a certificate" in missing.job.last_error
+    )
     job2 = (
         await ex.submit(NewJob(key="redeploy:y", action="redeploy", targets=("a",), names=()))
     ).job
