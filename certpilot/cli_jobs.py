@@ -301,7 +301,8 @@ async def _act(args: argparse.Namespace) -> int:
             jobs = [job]
             if args.run and job.state == JobState.APPROVED:
                 jobs = [(await rt.executor.run(job.id)).job]
-            return _report(args, jobs, [])
+            code = _report(args, jobs, [])
+            return EXIT_OK if args.command == "cancel" else code  # cancelled = "failed"
         items = await asyncio.to_thread(inventory.items, now=clock.now())
         return await _request(args, rt, inventory, items, actor, clock)
 
