@@ -38,7 +38,7 @@ pytestmark = pytest.mark.service("prometheus")
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "loop.test.internal"
-TOKEN = "e2e-webhook-token-8f2c"  # noqa: S105 (a test token on loopback)
+TOKEN = "e2e-webhook-token-8f2c"  # a test token on loopback
 T = TypeVar("T")
 
 
@@ -309,7 +309,7 @@ def test_expiry_alert_renews_through_pebble_and_resolves(stack: Stack) -> None:
             "--no-system-trust",
             "--format",
             "json",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -343,7 +343,7 @@ def test_expiry_alert_renews_through_pebble_and_resolves(stack: Stack) -> None:
             "verify",
             "--db",
             f"sqlite:///{stack.work / 'certpilot.db'}",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
