@@ -534,10 +534,18 @@ def _config_check(args: argparse.Namespace) -> int:
     path = args.file or args.config_opt
     if not path:
         raise UsageError("config check", "name the file: certpilot config check FILE")
+    from certpilot.remediate import build_issuers, build_targets, load_remediation_policy
+
     settings = load_settings(path)
+    # Build what `run` would build, so an adapter's own checks (a bad reload argv, an unknown
+    # issuer option, a policy file that does not parse) fail here, not at 3 a.m.
+    issuers = build_issuers(settings.remediation, SystemClock(), str(path))
+    deploy = build_targets(settings.remediation, str(path))
+    load_remediation_policy(settings, path)
     print(
         f"{path}: ok ({len(settings.targets.endpoints)} endpoints, "
-        f"{len(settings.targets.files)} file patterns, store {settings.store.url}, "
+        f"{len(settings.targets.files)} file patterns, {len(issuers)} issuers, "
+        f"{len(deploy)} deploy targets, store {settings.store.url}, "
         f"http {settings.http.host}:{settings.http.port})"
     )
     return EXIT_OK
@@ -691,7 +699,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level or ("info" if args.command in {"run", "demo"} else "warning")
+    level = args.log_level or ("info" if args.command == "run" else "warning")
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

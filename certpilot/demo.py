@@ -20,7 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from certpilot import demo_remedy
 from certpilot.app import scan_and_record, slo_cycle
+from certpilot.cli_jobs import job_table
 from certpilot.domain.clock import Clock
 from certpilot.domain.model import FileTarget, Observation, Target
 from certpilot.fleet import Fleet, dns_failure_target, start_fleet
@@ -117,9 +119,11 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
         targets.append(FileTarget(str(fleet.ca_file)))
         # Counters sampled at 0 before the first scan, as Prometheus would scrape them.
         inventory.snapshot_sli(clock.now())
+        # The CA renewals will come from (section 5): trusted from the first scan on.
+        issuer = demo_remedy.demo_issuer(state, clock)
         options_ = ScanOptions(
             probe=ProbeSettings(timeout=options.timeout),
-            ca_files=(str(fleet.ca_file),),
+            ca_files=(str(fleet.ca_file), str(state / "remedy-ca.pem")),
             use_system_trust=False,
         )
         with Scanner(options_, clock) as scanner:
@@ -178,10 +182,44 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
                 )
             )
 
+            _section(console, "5. remediation: renew under policy, deploy, verify by probing")
+            console.print(
+                "Each broken endpoint a renewal can fix is asked of the policy "
+                f"({state / 'policy.yaml'}): auto for web and internal, an approval for "
+                "payments, dry-run for legacy. Each job issues from the embedded CA, writes "
+                "the endpoint's files (key 0600, previous version kept), and re-probes until "
+                "the new certificate is served, or rolls back."
+            )
+            rt = demo_remedy.open_demo_remediation(
+                fleet, state, db_url, issuer, scanner, inventory, clock
+            )
+            with rt:
+                await demo_remedy.remediate(rt, inventory, result.observations, clock, console)
+                after = await scan_and_record(scanner, inventory, metrics, targets, clock, env={})
+                jobs = rt.jobs.list()
+                console.print(
+                    demo_remedy.before_after(result.observations, after.observations, jobs)
+                )
+                console.print(job_table(jobs, title="jobs"))
+                verdict = rt.audit.verify()
+                console.print(verdict.one_line())
+                unfinished = [j for j in jobs if j.state != "done"]
+                if unfinished:
+                    wrong += len(unfinished)
+                    console.print(Text(f"{len(unfinished)} job(s) not done", style="bold red"))
+                statuses = await slo_cycle(inventory, metrics, slo_set, clock, settings)
+                console.print(slo_table(statuses))
+
             _section(console, "next")
             console.print(f"  certpilot inventory --db {db_url}")
             console.print(f"  certpilot inventory --db {db_url} --problem expired --format json")
             console.print(f"  certpilot slo status --db {db_url}")
+            console.print(f"  certpilot jobs --db {db_url}")
+            console.print(f"  certpilot audit list --db {db_url}")
+            console.print(
+                f"  certpilot policy explain pay.demo.certpilot.test --policy "
+                f"{state / 'policy.yaml'} --db {db_url}"
+            )
             if not options.serve:
                 console.print("  certpilot demo --serve    (keeps /metrics up for Prometheus)")
             else:

@@ -92,13 +92,45 @@ def _write(ep: FleetEndpoint, issued: Issued) -> None:
     write_key(ep.key_path, issued.key_pem())
 
 
-def _server_context(ep: FleetEndpoint) -> ssl.SSLContext:
+def _load_context(ep: FleetEndpoint) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # Level 0 so that the weak-key and SHA-1 fixtures load at all: they exist to be reported.
     ctx.set_ciphers("ALL:@SECLEVEL=0")
     assert ep.cert_path is not None and ep.key_path is not None
     ctx.load_cert_chain(ep.cert_path, ep.key_path)
     return ctx
+
+
+def _server_context(ep: FleetEndpoint) -> ssl.SSLContext:
+    """The endpoint's context, which picks up new certificate files at the next handshake
+    (like a server with hot reload), so a ``files`` deploy target with no reload command can
+    redeploy a demo endpoint. The files are checked by modification time on each handshake;
+    a half-written pair (a key that does not match yet) keeps the previous context."""
+    assert ep.cert_path is not None and ep.key_path is not None
+    cert_path, key_path = ep.cert_path, ep.key_path
+
+    def stamp() -> tuple[int, int]:
+        return (cert_path.stat().st_mtime_ns, key_path.stat().st_mtime_ns)
+
+    current = {"stamp": stamp(), "ctx": _load_context(ep)}
+
+    def pick(
+        sslobj: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        try:
+            now = stamp()
+            if now != current["stamp"]:
+                current["ctx"] = _load_context(ep)
+                current["stamp"] = now
+        except (OSError, ssl.SSLError):
+            pass  # mid-write: serve what was loaded last
+        fresh = current["ctx"]
+        assert isinstance(fresh, ssl.SSLContext)
+        sslobj.context = fresh
+
+    outer = _load_context(ep)
+    outer.sni_callback = pick
+    return outer
 
 
 async def _drain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

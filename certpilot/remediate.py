@@ -90,10 +90,10 @@ class RemediationRuntime:
     audit: AuditLog
     issuers: Mapping[str, Issuer]
     targets: Sequence[DeployTarget]
-    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+    closers: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def close(self) -> None:
-        self._stack.close()
+        self.closers.close()
 
     def __enter__(self) -> RemediationRuntime:
         return self

@@ -127,6 +127,7 @@ class CertFacts:
     fingerprint: str | None = None
     hosts: tuple[str, ...] = ()
     refs: tuple[str, ...] = ()
+    serial: str | None = None  # lowercase hex, when known (the job's "before")
 
     @property
     def key_spec(self) -> str | None:
@@ -163,6 +164,7 @@ class CertFacts:
             fingerprint=item.fingerprint_sha256,
             hosts=_hosts_of(item.ref),
             refs=(item.ref,),
+            serial=item.serial,
         )
 
 

@@ -149,7 +149,8 @@ class Remediation:
 
     async def facts(self, now: datetime) -> Facts:
         """What the policy needs from history: orders of the last 7 days (each renewal that
-        reached its CA counts once), open jobs per rule, and the certificates with one."""
+        reached its CA counts once, and each renewal still queued counts at its start), open
+        jobs per rule, and the certificates with one."""
         jobs: list[Job] = await asyncio.to_thread(self.jobs.list)
         since = now - ORDER_HISTORY
         orders: list[OrderRecord] = []
@@ -161,7 +162,14 @@ class Remediation:
                     busy.add(job.fingerprint)
                 if job.state != JobState.PENDING_APPROVAL and job.rule:
                     in_flight[job.rule] += 1
-            if job.action != Action.RENEW or job.attempts == 0 or not job.issuer:
+            if job.action != Action.RENEW or not job.issuer:
+                continue
+            if job.attempts == 0:
+                # Queued, not ordered yet: it orders at its start, so it holds that slot of
+                # the budget (else the next plan or request fills the same window again).
+                if job.state in {JobState.PENDING_APPROVAL, JobState.APPROVED}:
+                    at = max(job.next_attempt_at or now, now)
+                    orders.append(OrderRecord(at=at, issuer=job.issuer, names=frozenset(job.names)))
                 continue
             at = job.state_times.get(JobState.ISSUING, job.updated_at)
             if at >= since:
@@ -228,6 +236,7 @@ class Remediation:
             ref=cert.refs[0] if cert.refs else "",
             requester=requester,
             reason=int(reason) if reason is not None else None,
+            old_serial=cert.serial or "",
             subject_chain_pem=chain_pem,
             next_attempt_at=start if start is not None and start > now else None,
         )

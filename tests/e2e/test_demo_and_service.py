@@ -39,8 +39,15 @@ async def test_demo_classifies_every_endpoint(tmp_path: Path) -> None:
         "2. scan into the inventory",
         "3. what certpilot found",
         "classification check",
+        "5. remediation",
+        "policy decisions",
+        "before -> after (rescanned)",
+        "audit chain ok",
     ):
         assert heading in out
+    # Every renewal the policy allowed (or a person approved) is done; legacy stays dry-run.
+    assert "not done" not in out
+    assert out.count(" done ") >= 7 and "dry_run" in out
     for code in (
         "expired",
         "expiring",
