@@ -1,0 +1,891 @@
+"""A loopback fake of the few Kubernetes API paths certpilot uses: core/v1 Secrets.
+
+No API server can run on this machine (DESIGN.md section 4), so this replays the real one's
+behaviour on the paths the ``k8s_secret`` deploy target calls, over HTTPS with bearer-token
+authentication, as lightkube (or kubectl) talks to it:
+
+=======  =============================================  =====================================
+verb     path                                           answers
+=======  =============================================  =====================================
+GET      ``/api/v1/namespaces/{ns}/secrets``            ``SecretList`` (``labelSelector`` a=b)
+POST     ``/api/v1/namespaces/{ns}/secrets``            201 object; 409 AlreadyExists; 404
+                                                        namespace; 422 Invalid; 400 BadRequest
+GET      ``/api/v1/namespaces/{ns}/secrets/{name}``     200 object; 404 NotFound
+PUT      ``/api/v1/namespaces/{ns}/secrets/{name}``     200 object; 409 Conflict on a stale
+                                                        ``metadata.resourceVersion``; 404; 422
+DELETE   ``/api/v1/namespaces/{ns}/secrets/{name}``     200 ``Status`` Success; 404; 409 on a
+                                                        failed ``preconditions`` body
+=======  =============================================  =====================================
+
+Shapes follow kube-apiserver: objects carry ``kind``, ``apiVersion``, ``metadata.uid``,
+``metadata.creationTimestamp`` and ``metadata.resourceVersion`` (a string, from one counter for
+the whole store, like etcd's revision; ``managedFields`` are left out); list items carry
+neither ``kind`` nor ``apiVersion``; errors are ``Status`` objects with the real ``reason``,
+``message`` and ``details`` wording (k8s.io/apimachinery/pkg/api/errors); ``data`` values are
+base64 and ``stringData`` is merged into ``data`` on write and never returned; a Secret's
+``type`` is immutable, ``kubernetes.io/tls`` requires ``tls.crt`` and ``tls.key``, an
+``immutable`` Secret's data cannot change. Responses are ``Content-Type: application/json``
+exactly (lightkube only decodes a ``Status`` when the header is exactly that) and end in a
+newline, as Go's ``json.Encoder`` writes them.
+
+Test knobs: :meth:`FakeKubeAPI.fail_next` (the next requests fail with a status),
+:meth:`FakeKubeAPI.stall_next` (they hang), :meth:`FakeKubeAPI.before` (run an action when a
+given request arrives: "someone else wrote between your GET and your PUT", or a fault aimed at
+that one request), direct store access (:meth:`~FakeKubeAPI.put_secret`,
+:meth:`~FakeKubeAPI.touch`) and the request log (:attr:`FakeKubeAPI.requests`, with the object
+name of each POST/PUT body) so a test can assert which Secrets were touched.
+
+The server runs in a thread with its own event loop, so sync and async tests start it the same
+way (``with FakeKubeAPI() as api:``) and a test's own loop never has to serve it. It can be
+stopped and started again on the same port to play "API server down".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import json
+import re
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import yaml
+from aiohttp import web
+
+from certpilot.localca import LocalCA, write_key
+
+DEFAULT_TOKEN = "fake-sa-token-0123456789abcdef"
+DEFAULT_USER = "system:serviceaccount:certpilot:certpilot"
+
+_SECRET = "/api/v1/namespaces/{namespace}/secrets/{name}"
+_SECRETS = "/api/v1/namespaces/{namespace}/secrets"
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NS_MISMATCH = (
+    "the namespace of the provided object does not match the namespace sent on the request"
+)
+_UNDECODABLE = 'Secret in version "v1" cannot be handled as a Secret'
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One request as the fake saw it (never its ``Authorization`` header)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    authorized: bool
+    object_name: str | None = None
+    """``metadata.name`` of the body of a POST or PUT (a POST's path does not name it)."""
+
+
+@dataclass(slots=True)
+class _Fault:
+    status: int
+    plain: bool
+
+
+@dataclass(slots=True)
+class _State:
+    """Everything the handlers and the test thread share; guarded by ``FakeKubeAPI._lock``."""
+
+    namespaces: set[str]
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    revision: int = 1000
+    requests: list[Recorded] = field(default_factory=list)
+    faults: list[_Fault] = field(default_factory=list)
+    stalls: list[float] = field(default_factory=list)
+    hooks: list[_Hook] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Hook:
+    method: str
+    path: str
+    action: Callable[[], object]
+    times: int
+
+
+class ApiStatus(Exception):
+    """A ``Status`` answer (raised inside handlers, rendered by the middleware)."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = _REASONS.get(code, "") if reason is None else reason
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+        }
+        if self.details is not None:
+            out["details"] = dict(self.details)
+        out["code"] = self.code
+        if not self.reason:
+            del out["reason"]  # StatusReasonUnknown is "" and omitted, as in Go
+        return out
+
+
+def _not_found(namespace: str, name: str) -> ApiStatus:
+    return ApiStatus(404, f'secrets "{name}" not found', details={"name": name, "kind": "secrets"})
+
+
+def _invalid(name: str, causes: list[tuple[str, str, str]]) -> ApiStatus:
+    """422 as ``field.ErrorList.ToAggregate()`` words it; causes are (reason, field, text)."""
+    texts = [f"{f}: {text}" for _, f, text in causes]
+    joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    return ApiStatus(
+        422,
+        f'Secret "{name}" is invalid: {joined}',
+        details={
+            "name": name,
+            "kind": "Secret",
+            "causes": [
+                {"reason": reason, "message": text, "field": f} for reason, f, text in causes
+            ],
+        },
+    )
+
+
+def _json(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    text = json.dumps(body, separators=(",", ":")) + "\n"
+    return web.Response(
+        status=status,
+        body=text.encode(),
+        content_type="application/json",
+        headers={
+            "Audit-Id": str(uuid.uuid4()),
+            "Cache-Control": "no-cache, private",
+            **(headers or {}),
+        },
+    )
+
+
+class FakeKubeAPI:
+    """A fake kube-apiserver on ``https://127.0.0.1:<port>`` serving core/v1 Secrets.
+
+    ``token`` is the one bearer token accepted; ``namespaces`` exist from the start (creating
+    in another namespace is 404, as in a real cluster). Certificates and keys go to
+    ``directory`` (a temporary one, removed on :meth:`stop`, when not given).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        namespaces: tuple[str, ...] = ("default",),
+        directory: Path | None = None,
+    ) -> None:
+        self.token = token
+        self._lock = threading.Lock()
+        self._state = _State(namespaces=set(namespaces))
+        self._own_dir = directory is None
+        self.dir = Path(tempfile.mkdtemp(prefix="k8s-fake-")) if directory is None else directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_pem, self._cert_path, self._key_path = self._make_tls()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> Self:
+        """Serve (again, on the same port after a :meth:`stop`); returns once listening."""
+        if self._thread is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        self.port = int(sock.getsockname()[1])
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        runner_box: list[web.AppRunner] = []
+
+        async def serve() -> None:
+            self._stopping = asyncio.Event()
+            runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            await web.SockSite(runner, sock, ssl_context=self._ssl_context()).start()
+            runner_box.append(runner)
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(serve())
+            except BaseException as e:
+                failure.append(e)
+                sock.close()
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            try:
+                loop.run_until_complete(runner_box[0].cleanup())
+                # TLS transports close asynchronously (close_notify, then the socket): give
+                # them a few turns of the loop so none is left open when the loop closes.
+                loop.run_until_complete(asyncio.sleep(0.05))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                sock.close()
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="k8s-fake", daemon=True)
+        self._thread.start()
+        if not ready.wait(15):
+            raise RuntimeError("fake Kubernetes API did not start")
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop listening (pending stalled requests are released first); idempotent."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        stopping = self._stopping
+        if stopping is not None:
+            loop.call_soon_threadsafe(stopping.set)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(15)
+        self._thread = None
+        self._loop = None
+
+    def close(self) -> None:
+        """:meth:`stop`, and remove the temporary directory when the fake made it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- client configuration --------------------------------------------------------------
+
+    def write_kubeconfig(
+        self,
+        path: Path,
+        *,
+        token: str | None = None,
+        context: str = "certpilot-fake",
+        namespace: str | None = None,
+        server: str | None = None,
+    ) -> Path:
+        """A kubeconfig (mode 0600: it holds the token) for a cluster at ``server`` (this
+        fake), trusting this fake's CA through ``certificate-authority-data``."""
+        ctx: dict[str, Any] = {"cluster": "certpilot-fake", "user": "certpilot-fake"}
+        if namespace is not None:
+            ctx["namespace"] = namespace
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "certpilot-fake",
+                    "cluster": {
+                        "server": server or self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "certpilot-fake", "user": {"token": token or self.token}}],
+            "contexts": [{"name": context, "context": ctx}],
+            "current-context": context,
+            "preferences": {},
+        }
+        write_key(path, yaml.safe_dump(config, sort_keys=False).encode())
+        return path
+
+    # -- knobs -----------------------------------------------------------------------------
+
+    def fail_next(self, status: int, n: int = 1, *, plain: bool = False) -> None:
+        """The next ``n`` requests (authenticated or not) fail with ``status`` and a real
+        ``Status`` body (``plain``: a ``text/plain`` body, as a proxy in front would send)."""
+        with self._lock:
+            self._state.faults.extend(_Fault(status, plain) for _ in range(n))
+
+    def stall_next(self, seconds: float, n: int = 1) -> None:
+        """The next ``n`` requests wait ``seconds`` before being handled (timeouts)."""
+        with self._lock:
+            self._state.stalls.extend([seconds] * n)
+
+    def before(
+        self, method: str, path: str, action: Callable[[], object], *, times: int = 1
+    ) -> None:
+        """Run ``action`` when a ``method`` request for ``path`` arrives, before it is handled
+        (``times`` times): "someone else wrote in between", or a fault aimed at one request
+        (``action`` may call :meth:`fail_next`). ``action`` runs on the server's thread."""
+        with self._lock:
+            self._state.hooks.append(_Hook(method, path, action, times))
+
+    def add_namespace(self, namespace: str) -> None:
+        with self._lock:
+            self._state.namespaces.add(namespace)
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._state.requests)
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._state.requests.clear()
+
+    def touched_paths(self) -> set[str]:
+        """Every path requested so far."""
+        return {r.path for r in self.requests}
+
+    # -- direct store access (what kubectl or another controller would do) -----------------
+
+    def put_secret(
+        self,
+        namespace: str,
+        name: str,
+        data: Mapping[str, bytes],
+        *,
+        type: str = "Opaque",
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        immutable: bool | None = None,
+    ) -> dict[str, Any]:
+        """Create or overwrite a Secret directly (no validation); the stored object."""
+        with self._lock:
+            self._state.namespaces.add(namespace)
+            old = self._state.secrets.get((namespace, name))
+            meta: dict[str, Any] = {"name": name, "namespace": namespace}
+            if labels:
+                meta["labels"] = dict(labels)
+            if annotations:
+                meta["annotations"] = dict(annotations)
+            obj: dict[str, Any] = {"kind": "Secret", "apiVersion": "v1", "metadata": meta}
+            if immutable is not None:
+                obj["immutable"] = immutable
+            obj["data"] = {k: base64.b64encode(v).decode() for k, v in data.items()}
+            obj["type"] = type
+            self._stamp(obj, old)
+            self._state.secrets[(namespace, name)] = obj
+            return copy.deepcopy(obj)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored Secret as the API would return it, or ``None``."""
+        with self._lock:
+            obj = self._state.secrets.get((namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The stored Secret's ``data``, base64-decoded."""
+        obj = self.secret(namespace, name)
+        if obj is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+
+    def touch(self, namespace: str, name: str, *, annotation: str = "touched-by") -> str:
+        """Someone else updates the Secret (an annotation changes): its new resourceVersion."""
+        with self._lock:
+            obj = self._state.secrets[(namespace, name)]
+            annotations = obj["metadata"].setdefault("annotations", {})
+            annotations[annotation] = "someone-else"
+            self._stamp(obj, obj)
+            return str(obj["metadata"]["resourceVersion"])
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._state.secrets.pop((namespace, name), None)
+
+    def names(self, namespace: str) -> list[str]:
+        with self._lock:
+            return sorted(n for (ns, n) in self._state.secrets if ns == namespace)
+
+    # -- server ----------------------------------------------------------------------------
+
+    def _make_tls(self) -> tuple[bytes, Path, Path]:
+        now = datetime.now(UTC)
+        ca = LocalCA("certpilot k8s fake", now, intermediate_lifetime=None)
+        leaf = ca.issue(["127.0.0.1", "localhost"], now, lifetime=timedelta(days=2))
+        cert_path, key_path = self.dir / "apiserver.crt", self.dir / "apiserver.key"
+        cert_path.write_bytes(leaf.chain_pem())
+        write_key(key_path, leaf.key_pem())
+        return ca.root_pem(), cert_path, key_path
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self._cert_path, self._key_path)
+        return ctx
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_route("GET", _SECRETS, self._list)
+        app.router.add_route("POST", _SECRETS, self._create)
+        app.router.add_route("GET", _SECRET, self._get)
+        app.router.add_route("PUT", _SECRET, self._update)
+        app.router.add_route("DELETE", _SECRET, self._delete)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        return app
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        authorized = request.headers.get("Authorization") == f"Bearer {self.token}"
+        object_name = await _body_name(request) if request.method in ("POST", "PUT") else None
+        recorded = Recorded(
+            request.method, request.path, dict(request.query), authorized, object_name
+        )
+        with self._lock:
+            s = self._state
+            s.requests.append(recorded)
+            due = [h for h in s.hooks if (h.method, h.path) == (request.method, request.path)]
+            for hook in due:
+                hook.times -= 1
+            s.hooks = [h for h in s.hooks if h.times > 0]
+        for hook in due:  # outside the lock: actions use the store helpers
+            hook.action()
+        with self._lock:
+            fault = s.faults.pop(0) if s.faults else None
+            stall = s.stalls.pop(0) if s.stalls else None
+        if stall is not None and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), stall)
+        try:
+            if fault is not None:
+                raise self._fault(fault, request)
+            if not authorized:
+                raise ApiStatus(401, "Unauthorized")
+            return await handler(request)
+        except ApiStatus as e:
+            if fault is not None and fault.plain:
+                return web.Response(status=e.code, text=f"{e.code} {e.reason}\n")
+            return _json(e.code, e.body(), e.headers)
+
+    def _fault(self, fault: _Fault, request: web.Request) -> ApiStatus:
+        code = fault.status
+        ns = request.match_info.get("namespace", "")
+        name = request.match_info.get("name", "")
+        verb = _VERBS.get(request.method, request.method.lower())
+        if request.method == "GET" and not name:
+            verb = "list"
+        if code == 403:
+            what = f'secrets "{name}"' if name else "secrets"
+            return ApiStatus(
+                403,
+                f'{what} is forbidden: User "{DEFAULT_USER}" cannot {verb} resource "secrets" '
+                f'in API group "" in the namespace "{ns}"',
+                details={"name": name, "kind": "secrets"} if name else {"kind": "secrets"},
+            )
+        if code == 401:
+            return ApiStatus(401, "Unauthorized")
+        if code == 429:
+            return ApiStatus(
+                429,
+                "Too many requests, please try again later.",
+                details={"retryAfterSeconds": 1},
+                headers={"Retry-After": "1"},
+            )
+        if code == 500:
+            return ApiStatus(500, "Internal error occurred: injected fault")
+        if code == 503:
+            return ApiStatus(503, "the server is currently unable to handle the request")
+        return ApiStatus(code, f"injected fault {code}")
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        if re.fullmatch(r"/api/v1/namespaces/[^/]+/secrets(/[^/]+)?", request.path):
+            raise ApiStatus(405, "the server does not allow this method on the requested resource")
+        raise ApiStatus(404, "the server could not find the requested resource", details={})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        ns = request.match_info["namespace"]
+        wanted = _parse_selector(request.query.get("labelSelector", ""))
+        with self._lock:
+            items = []
+            for (item_ns, _), obj in sorted(self._state.secrets.items()):
+                labels = obj["metadata"].get("labels") or {}
+                if item_ns == ns and all(labels.get(k) == v for k, v in wanted.items()):
+                    item = copy.deepcopy(obj)
+                    del item["kind"], item["apiVersion"]  # list items carry neither
+                    items.append(item)
+            rv = str(self._state.revision)
+        return _json(
+            200,
+            {
+                "kind": "SecretList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            },
+        )
+
+    async def _get(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        with self._lock:
+            obj = self._state.secrets.get((ns, name))
+            if obj is None:
+                raise _not_found(ns, name)
+            return _json(200, obj)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        ns = request.match_info["namespace"]
+        obj = await self._decode(request)
+        meta = obj["metadata"]
+        name = meta.get("name") or ""
+        if meta.get("namespace", ns) != ns:
+            raise ApiStatus(400, _NS_MISMATCH)
+        if not name:
+            raise _invalid(
+                "",
+                [
+                    (
+                        "FieldValueRequired",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )
+                ],
+            )
+        self._validate(name, obj)
+        if meta.get("resourceVersion"):
+            # etcd3 store: storage.ErrResourceVersionSetOnCreate, surfaced as a 500.
+            raise ApiStatus(
+                500, "resourceVersion should not be set on objects to be created", reason=""
+            )
+        dry_run = request.query.get("dryRun") == "All"
+        with self._lock:
+            if ns not in self._state.namespaces:
+                raise ApiStatus(
+                    404, f'namespaces "{ns}" not found', details={"name": ns, "kind": "namespaces"}
+                )
+            if (ns, name) in self._state.secrets:
+                raise ApiStatus(
+                    409,
+                    f'secrets "{name}" already exists',
+                    reason="AlreadyExists",
+                    details={"name": name, "kind": "secrets"},
+                )
+            meta["namespace"] = ns
+            for key in ("uid", "creationTimestamp", "managedFields", "selfLink", "generation"):
+                meta.pop(key, None)
+            self._stamp(obj, None)
+            if not dry_run:
+                self._state.secrets[(ns, name)] = obj
+            return _json(201, obj)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        obj = await self._decode(request)
+        meta = obj["metadata"]
+        if meta.get("name") != name:
+            raise ApiStatus(
+                400,
+                f"the name of the object ({meta.get('name', '')}) does not match the name "
+                f"on the URL ({name})",
+            )
+        if meta.get("namespace", ns) != ns:
+            raise ApiStatus(400, _NS_MISMATCH)
+        self._validate(name, obj)
+        dry_run = request.query.get("dryRun") == "All"
+        with self._lock:
+            old = self._state.secrets.get((ns, name))
+            if old is None:
+                raise _not_found(ns, name)  # Secrets do not allow create-on-update
+            rv = meta.get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise ApiStatus(
+                    409,
+                    f'Operation cannot be fulfilled on secrets "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                    details={"name": name, "kind": "secrets"},
+                )
+            causes: list[tuple[str, str, str]] = []
+            if obj["type"] != old["type"]:
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        "type",
+                        f'Invalid value: "{obj["type"]}": field is immutable',
+                    )
+                )
+            if old.get("immutable"):
+                if obj.get("data") != old.get("data"):
+                    causes.append(
+                        (
+                            "FieldValueForbidden",
+                            "data",
+                            "Forbidden: field is immutable when `immutable` is set",
+                        )
+                    )
+                if not obj.get("immutable"):
+                    causes.append(
+                        (
+                            "FieldValueForbidden",
+                            "immutable",
+                            "Forbidden: field is immutable when `immutable` is set",
+                        )
+                    )
+            if causes:
+                raise _invalid(name, causes)
+            meta["namespace"] = ns
+            meta.pop("managedFields", None)
+            self._stamp(obj, old)
+            if not dry_run:
+                self._state.secrets[(ns, name)] = obj
+            return _json(200, obj)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        options: dict[str, Any] = {}
+        if request.can_read_body:
+            with contextlib.suppress(ValueError):
+                options = json.loads(await request.read() or b"{}")
+        pre = (options.get("preconditions") or {}) if isinstance(options, dict) else {}
+        with self._lock:
+            obj = self._state.secrets.get((ns, name))
+            if obj is None:
+                raise _not_found(ns, name)
+            meta = obj["metadata"]
+            for key, label in (("resourceVersion", "ResourceVersion"), ("uid", "UID")):
+                want = pre.get(key)
+                if want and want != meta[key]:
+                    raise ApiStatus(
+                        409,
+                        f'Operation cannot be fulfilled on secrets "{name}": Precondition failed: '
+                        f"{label} in precondition: {want}, {label} in object meta: {meta[key]}",
+                        details={"name": name, "kind": "secrets"},
+                    )
+            if request.query.get("dryRun") != "All":
+                del self._state.secrets[(ns, name)]
+            return _json(
+                200,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "kind": "secrets", "uid": meta["uid"]},
+                },
+            )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _decode(self, request: web.Request) -> dict[str, Any]:
+        """The request's Secret, decoded and defaulted as the API server's codec does."""
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if content_type not in ("application/json", "application/yaml"):
+            raise ApiStatus(
+                415,
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            )
+        raw = await request.read()
+        try:
+            obj = json.loads(raw) if content_type == "application/json" else yaml.safe_load(raw)
+        except (ValueError, yaml.YAMLError) as e:
+            raise ApiStatus(400, f"{_UNDECODABLE}: {e}") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
+            raise ApiStatus(400, f"{_UNDECODABLE}: expected an object")
+        kind, version = obj.get("kind", "Secret"), obj.get("apiVersion", "v1")
+        if (kind, version) != ("Secret", "v1"):
+            raise ApiStatus(
+                400,
+                f"the API version in the data ({version}) does not match the expected API "
+                "version (v1)"
+                if version != "v1"
+                else f'Secret in version "v1" cannot be handled as a {kind}: kind mismatch',
+            )
+        obj["kind"], obj["apiVersion"] = "Secret", "v1"
+        obj.setdefault("metadata", {})
+        data = obj.get("data") or {}
+        if not isinstance(data, dict):
+            raise ApiStatus(400, f"{_UNDECODABLE}: data must be an object")
+        for key, value in data.items():
+            try:
+                base64.b64decode(str(value), validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise ApiStatus(
+                    400,
+                    f'{_UNDECODABLE}: illegal base64 data for key "{key}": {e}',
+                ) from e
+        for key, value in (obj.pop("stringData", None) or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        if data:
+            obj["data"] = data
+        else:
+            obj.pop("data", None)
+        obj["type"] = obj.get("type") or "Opaque"
+        return obj
+
+    def _validate(self, name: str, obj: Mapping[str, Any]) -> None:
+        """ValidateSecret (pkg/apis/core/validation): name, data keys, per-type keys."""
+        causes: list[tuple[str, str, str]] = []
+        if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    "metadata.name",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of '
+                    "lower case alphanumeric characters, '-' or '.', and must start and end "
+                    "with an alphanumeric character (e.g. 'example.com', regex used for "
+                    f"validation is '{_DNS_SUBDOMAIN.pattern}')",
+                )
+            )
+        data = obj.get("data") or {}
+        for key in data:
+            if not _DATA_KEY.fullmatch(key):
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        f"data[{key}]",
+                        f'Invalid value: "{key}": a valid config key must consist of alphanumeric '
+                        "characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or "
+                        "'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                    )
+                )
+        if obj.get("type") == "kubernetes.io/tls":
+            for key in ("tls.crt", "tls.key"):
+                if key not in data:
+                    causes.append(("FieldValueRequired", f"data[{key}]", "Required value"))
+        if causes:
+            raise _invalid(name, causes)
+
+    def _stamp(self, obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+        """Server-set metadata: uid and creationTimestamp (kept from ``old``), and the next
+        resourceVersion. Caller holds the lock."""
+        meta = obj["metadata"]
+        if old is not None:
+            meta["uid"] = old["metadata"]["uid"]
+            meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+        else:
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._state.revision += 1
+        meta["resourceVersion"] = str(self._state.revision)
+        # Field order as kube-apiserver writes ObjectMeta.
+        order = (
+            "name",
+            "generateName",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "labels",
+            "annotations",
+            "ownerReferences",
+            "finalizers",
+        )
+        obj["metadata"] = {k: meta[k] for k in order if k in meta} | {
+            k: v for k, v in meta.items() if k not in order
+        }
+        # And the Secret's own fields as Go's struct order writes them.
+        top = ("kind", "apiVersion", "metadata", "immutable", "data", "type")
+        reordered = {k: obj[k] for k in top if k in obj} | {
+            k: v for k, v in obj.items() if k not in top
+        }
+        obj.clear()
+        obj.update(reordered)
+
+
+async def _body_name(request: web.Request) -> str | None:
+    """``metadata.name`` of a JSON body, for the request log (the body is cached by aiohttp,
+    so the handler reads it again)."""
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError:
+        return None
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _parse_selector(text: str) -> dict[str, str]:
+    """Equality-based label selectors only (``a=b,c==d``): what certpilot uses."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.replace("==", "=").partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
