@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -136,7 +136,7 @@ def scan_targets(settings: Settings, deploy_targets: Sequence[DeployTarget]) -> 
     return [*out, *settings.file_targets()]
 
 
-def _lookup(inventory: Inventory, ref: str, fingerprint: str) -> InventoryItem | None:
+def _lookup(inventory: Inventory, ref: str, fingerprint: str, clock: Clock) -> InventoryItem | None:
     """The inventory item an alert names, by its ``ref`` label or a certificate fingerprint."""
     if ref:
         item = inventory.item(ref)
@@ -144,7 +144,7 @@ def _lookup(inventory: Inventory, ref: str, fingerprint: str) -> InventoryItem |
             return item
     if fingerprint:
         fp = fingerprint.lower().replace(":", "")
-        for it in inventory.items(now=datetime.now(UTC)):
+        for it in inventory.items(now=clock.now()):
             if (it.fingerprint_sha256 or "").lower() == fp:
                 return it
     return None
@@ -202,7 +202,7 @@ class Service:
             wake = asyncio.Event()
             intake = AlertIntake(
                 rt.remediation,
-                lambda ref, fp: _lookup(inventory, ref, fp),
+                lambda ref, fp: _lookup(inventory, ref, fp, self.clock),
                 chain_of=lambda fp: _chain_of(inventory, fp),
             )
 

@@ -438,7 +438,11 @@ def _slo_status(args: argparse.Namespace) -> int:
     slo_set = slo_service.load_slos(specs)
     inventory = Inventory.open(url)
     try:
-        statuses = slo_service.evaluate_all(slo_set, inventory, SystemClock().now())
+        now = SystemClock().now()
+        # A sample of the counters at "now", as a scrape would take: events recorded since
+        # the last sample (CLI renewals, a service that stopped) count at once.
+        inventory.snapshot_sli(now)
+        statuses = slo_service.evaluate_all(slo_set, inventory, now)
     finally:
         inventory.close()
     if args.format == "json":

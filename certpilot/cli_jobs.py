@@ -361,8 +361,10 @@ async def _request(
                     key=key,
                 )
                 requested.append((name, res))
+                if res.replacement is not None:  # a compromised key: replaced at once
+                    requested.append((f"{name} (replacement)", res.replacement))
     jobs: list[Job] = []
-    run_here = action != Action.REVOKE and not getattr(args, "queue", False)
+    queue = bool(getattr(args, "queue", False))
     status = _console() if sys.stdout.isatty() and args.format == "table" else None
     refused = missing
     for label, res in requested:
@@ -371,7 +373,8 @@ async def _request(
             notes.append(f"{label}: {res.note}")
             continue
         job = res.job
-        if run_here and job.state == JobState.APPROVED and job.next_attempt_at is None:
+        runs_here = job.action != Action.REVOKE and not queue
+        if runs_here and job.state == JobState.APPROVED and job.next_attempt_at is None:
             if status is not None:
                 with status.status(f"job {job.id}: {job.action} {job.subject} ..."):
                     job = (await rt.executor.run(job.id)).job

@@ -42,6 +42,7 @@ Readiness = Callable[[], tuple[bool, str]]
 #: unknown state. The job store lives in ``certpilot.store``; the composition root binds it.
 JobsReader = Callable[[str | None, int], list[dict[str, object]]]
 
+MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_EVENTS_LIMIT = 10_000
 DEFAULT_EVENTS_LIMIT = 1_000
 MAX_RUNS_LIMIT = 1_000
@@ -276,7 +277,9 @@ def build_app(
     returns ``(ready, reason)``; ``jobs`` serves ``/api/v1/jobs?state=&limit=``.
     """
     h = _Handlers(registry, inventory, clock, readiness, jobs)
-    app = web.Application(middlewares=[_error_middleware])
+    # Alertmanager groups of up to 1000 alerts with labels and annotations exceed aiohttp's
+    # default 1 MiB body limit.
+    app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)

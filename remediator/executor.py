@@ -85,6 +85,8 @@ from certpilot.store.jobs import (
     NewJob,
 )
 from remediator.jobs import (
+    COMPROMISE_PREFIX,
+    COMPROMISE_REPLACEMENT_WITHIN,
     HoldTracker,
     JobState,
     ResumeAction,
@@ -907,9 +909,21 @@ class Executor:
         await asyncio.to_thread(self.audit.append, draft)
 
     def _renewal_events(self, job: Job, *, good: bool, why: str = "") -> list[SLIEvent]:
+        """``renewal_success`` for a renewal that ended; for the replacement of a compromised
+        certificate also ``compromise_replacement``: good when it was verified served within
+        24 h of the revocation request (a late, failed or rolled-back one is bad)."""
         if job.action != Action.RENEW:
             return []
-        return [SLIEvent(self.clock.now(), "renewal_success", good, _ref(job), detail=why)]
+        now = self.clock.now()
+        events = [SLIEvent(now, "renewal_success", good, _ref(job), detail=why)]
+        if job.key.startswith(COMPROMISE_PREFIX):
+            took = now - job.created_at
+            in_time = good and took <= COMPROMISE_REPLACEMENT_WITHIN
+            detail = why or f"replaced after {took.total_seconds():.0f}s"
+            events.append(
+                SLIEvent(now, "compromise_replacement", in_time, _ref(job), detail=detail)
+            )
+        return events
 
     def _emit(self, events: Sequence[SLIEvent]) -> None:
         if events and self.sli_sink is not None:

@@ -41,7 +41,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -147,6 +147,18 @@ def redeploy_key(fingerprint: str, targets: Sequence[str]) -> str:
 def revoke_key(fingerprint: str) -> str:
     """A certificate is revoked once."""
     return f"revoke:{fingerprint.lower()}"
+
+
+COMPROMISE_PREFIX = "compromise:"
+#: A compromised certificate is "replaced in time" (SLI ``compromise_replacement``) when its
+#: replacement is deployed and verified within this long of the revocation request.
+COMPROMISE_REPLACEMENT_WITHIN = timedelta(hours=24)
+
+
+def compromise_key(fingerprint: str) -> str:
+    """The replacement renewal of a certificate whose key is compromised (one per
+    certificate; its completion is a ``compromise_replacement`` SLI event)."""
+    return f"{COMPROMISE_PREFIX}{fingerprint.lower()}"
 
 
 def alert_key(fingerprint: str, starts_at: datetime) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right, insort
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -1006,6 +1006,7 @@ def plan_renewals(
     *,
     horizon: timedelta = timedelta(0),
     job_duration: timedelta = timedelta(minutes=5),
+    issuer_for: Callable[[CertFacts], str | None] | None = None,
 ) -> list[PlannedRenewal]:
     """Schedule the renewals due by ``now + horizon``, sorted by start time.
 
@@ -1019,8 +1020,12 @@ def plan_renewals(
     renewals are placed but use no budget; renewals waiting for approval use it (they may be
     approved), so the plan stays on the safe side.
 
-    The executor still calls :func:`decide` before starting each job, with the real in-flight
-    count and order history.
+    ``issuer_for`` names the issuer a certificate will get when its rule lists none (the deploy
+    target's configured one), so that issuer's budget is kept too.
+
+    Each planned start is stored on its job (``next_attempt_at``) and the jobs queued count as
+    orders at their start in later plans (``remediator.service.Remediation.facts``), so
+    successive plans never overfill a window.
     """
     limit_at = now + horizon
     budgets: dict[tuple[str, str, frozenset[str]], _Window] = {}
@@ -1071,6 +1076,8 @@ def plan_renewals(
         if c.cert.fingerprint is not None and c.cert.fingerprint in facts.busy:
             continue
         issuer, _ = _choose_issuer(rule, None)
+        if issuer is None and issuer_for is not None:
+            issuer = issuer_for(c.cert)
         key, _ = _choose_key(rule, c.cert, None)
         limits = windows_for(issuer, c.cert.identifiers) + slot_for(rule)
         windows = rule.maintenance_windows if mode == Mode.AUTO else ()

@@ -38,7 +38,7 @@ from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.remedy import DeployTarget, RevocationReason
 from certpilot.store.jobs import IN_FLIGHT_STATES, Job, JobStore, NewJob
 from remediator.executor import Executor
-from remediator.jobs import JobState, redeploy_key, renew_key, revoke_key
+from remediator.jobs import JobState, compromise_key, redeploy_key, renew_key, revoke_key
 from remediator.policy import (
     Action,
     CertFacts,
@@ -54,6 +54,12 @@ from remediator.policy import (
 )
 
 log = logging.getLogger("certpilot.remediator")
+
+#: Revocation reasons that mean the key is no longer safe: the certificate is replaced with a
+#: new key at once (and the replacement counts for the ``compromise_replacement`` SLI).
+COMPROMISED: frozenset[RevocationReason | None] = frozenset(
+    {RevocationReason.KEY_COMPROMISE, RevocationReason.CA_COMPROMISE}
+)
 
 #: How far back job history counts as orders against the issuers' rate budgets (the longest
 #: window a CA uses: Let's Encrypt's duplicate-certificate limit is 7 days).
@@ -90,6 +96,7 @@ class Requested:
     job: Job | None
     created: bool
     note: str
+    replacement: Requested | None = None  # a key compromise's replacement renewal
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -97,6 +104,7 @@ class Requested:
             "note": self.note,
             "decision": self.decision.to_dict() if self.decision else None,
             "job": self.job.to_dict() if self.job else None,
+            "replacement": self.replacement.to_dict() if self.replacement else None,
         }
 
 
@@ -158,9 +166,14 @@ class Remediation:
         busy: set[str] = set()
         for job in jobs:
             if job.state in OPEN_STATES:
-                if job.fingerprint:
+                # A pending revocation does not hold back a renewal (the replacement of a
+                # compromised key must go out before the revocation is approved).
+                if job.fingerprint and job.action != Action.REVOKE:
                     busy.add(job.fingerprint)
-                if job.state != JobState.PENDING_APPROVAL and job.rule:
+                # Concurrency counts jobs running or about to run, not ones queued for later.
+                due = job.next_attempt_at is None or job.next_attempt_at <= now
+                running = job.state in IN_FLIGHT_STATES or (job.state == JobState.APPROVED and due)
+                if running and job.rule:
                     in_flight[job.rule] += 1
             if job.action != Action.RENEW or not job.issuer:
                 continue
@@ -206,6 +219,10 @@ class Remediation:
             open_job = await self._open_job_for(cert.fingerprint)
             if open_job is not None:
                 return Requested(None, open_job, False, f"job {open_job.id} is already open for it")
+        if issuer is None and not self.policy.select(cert).rule.issuers:
+            # The rule leaves the issuer open: name the one that will be used, so its rate
+            # budget is checked too.
+            issuer = self.issuer_for(targets, None)
         decision = decide(
             Request(action, cert, requester=requester, issuer=issuer, force=force),
             facts,
@@ -217,7 +234,11 @@ class Remediation:
             return Requested(decision, None, False, decision.summary())
         if action != Action.REVOKE and not targets:
             note = "no deploy target holds " + (", ".join(cert.refs) or ", ".join(cert.names))
-            return Requested(decision, None, False, note + " (remediation.targets)")
+            note += " (remediation.targets)"
+            await self._audit_refusal(
+                action, cert, decision, requester, result="no_target", why=note
+            )
+            return Requested(decision, None, False, note)
         start = not_before
         if decision.verdict == Verdict.WAIT:
             if decision.wait_until is None:  # only the concurrency limit: try again soon
@@ -245,21 +266,43 @@ class Remediation:
         note = f"job {job.id}: {job.state}"
         if job.next_attempt_at is not None:
             note += f", starts {job.next_attempt_at.isoformat()}"
-        return Requested(decision, job, created.created, note)
+        replacement = None
+        if action == Action.REVOKE and reason in COMPROMISED and cert.fingerprint and targets:
+            # Replace before revoking: the revocation waits for its approval, the replacement
+            # (a new key) goes out under the renew rule at once, so revoking never leaves the
+            # old, revoked certificate served.
+            replacement = await self.request(
+                Action.RENEW,
+                cert,
+                requester=requester,
+                force=True,
+                key=compromise_key(cert.fingerprint),
+            )
+            note += f"; replacement: {replacement.note}"
+        return Requested(decision, job, created.created, note, replacement)
 
     async def _open_job_for(self, fingerprint: str) -> Job | None:
         jobs: list[Job] = await asyncio.to_thread(self.jobs.list, OPEN_STATES)
-        return next((j for j in jobs if j.fingerprint == fingerprint), None)
+        return next(
+            (j for j in jobs if j.fingerprint == fingerprint and j.action != Action.REVOKE), None
+        )
 
     async def _audit_refusal(
-        self, action: Action, cert: CertFacts, decision: Decision, requester: str
+        self,
+        action: Action,
+        cert: CertFacts,
+        decision: Decision,
+        requester: str,
+        *,
+        result: str | None = None,
+        why: str | None = None,
     ) -> None:
-        result = {
+        result = result or {
             Verdict.DENY: AuditResult.DENIED,
             Verdict.DRY_RUN: "dry_run",
             Verdict.NOT_DUE: "not_due",
-        }[decision.verdict]
-        why = "; ".join(c.explanation for c in decision.failed) or decision.summary()
+        }.get(decision.verdict, decision.verdict.value)
+        why = why or "; ".join(c.explanation for c in decision.failed) or decision.summary()
         await asyncio.to_thread(
             self.executor.audit.append,
             AuditDraft(
@@ -282,7 +325,14 @@ class Remediation:
         now = self.clock.now()
         facts = await self.facts(now)
         managed = [it for it in items if self.targets_for([it.ref])]
-        plan = plan_renewals(managed, self.policy, facts, now, horizon=self.horizon)
+        plan = plan_renewals(
+            managed,
+            self.policy,
+            facts,
+            now,
+            horizon=self.horizon,
+            issuer_for=lambda cert: self.issuer_for(self.targets_for(cert.refs), None),
+        )
         out: list[tuple[PlannedRenewal, Requested]] = []
         for p in plan:
             if p.verdict == Verdict.DRY_RUN:

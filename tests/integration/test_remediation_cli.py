@@ -267,3 +267,34 @@ def test_unknown_name_and_bad_config_are_one_line_errors(site: Site) -> None:
     assert (
         missing.returncode == 2 and "9999" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def test_key_compromise_replaces_first_then_revokes_after_approval(site: Site) -> None:
+    # A fresh certificate nobody has revoked yet.
+    fresh = cli("renew", NAME, "--again", "--config", str(site.config), "--format", "json")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    site.scan()
+    inv = cli("inventory", "--db", site.db, "--format", "json")
+    items = [i for i in json.loads(inv.stdout) if i["ref"].endswith(f"#{NAME}")]
+    fp, old_serial = items[0]["fingerprint_sha256"], items[0]["serial"]
+    out = cli(
+        "revoke", fp, "--reason", "keyCompromise", "--config", str(site.config),
+        "--by", "alice", "--format", "json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    revoke, replacement = _jobs(out)
+    # The revocation waits for a second person; the replacement (a new key) is already served.
+    assert revoke["action"] == "revoke" and revoke["state"] == "pending_approval"
+    assert replacement["action"] == "renew" and replacement["state"] == "done", replacement
+    assert replacement["key"] == f"compromise:{fp}"
+    assert site.served_serial(site.canary) == replacement["new_serial"] != old_serial
+    assert site.served_serial(site.main) == replacement["new_serial"]
+    ok = cli("approve", str(revoke["id"]), "--config", str(site.config), "--by", "bob", "--run")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    crl = x509.load_pem_x509_crl((site.ca_dir / "crl.pem").read_bytes())
+    revoked = crl.get_revoked_certificate_by_serial_number(int(old_serial, 16))
+    assert revoked is not None
+    # Replaced and verified within 24 h: one good compromise_replacement event.
+    status = cli("slo", "status", "--db", site.db, "--format", "json")
+    (slo,) = [s for s in json.loads(status.stdout) if s["sli"] == "compromise_replacement"]
+    assert slo["events_in_period"] == 1.0 and slo["period_error_ratio"] == 0.0, slo
