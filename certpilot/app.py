@@ -7,7 +7,6 @@ the scanner (and its worker pool), the metrics registry, the HTTP server and the
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -28,7 +27,12 @@ from certpilot.domain.model import EndpointTarget, Observation, Target
 from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
-from certpilot.remediate import RemediationRuntime, open_remediation, webhook_token
+from certpilot.remediate import (
+    RemediationRuntime,
+    open_remediation,
+    stored_pem,
+    webhook_token,
+)
 from certpilot.settings import Settings
 from certpilot.store import Inventory
 from remediator.webhook import AlertIntake, make_handler
@@ -150,15 +154,6 @@ def _lookup(inventory: Inventory, ref: str, fingerprint: str, clock: Clock) -> I
     return None
 
 
-def _chain_of(inventory: Inventory, fingerprint: str) -> str:
-    der = inventory.certificate_der(fingerprint)
-    if der is None:
-        return ""
-    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
-
-
 class Service:
     """``certpilot run``: scheduled scans, store, metrics and HTTP until ``stop`` is set."""
 
@@ -203,7 +198,7 @@ class Service:
             intake = AlertIntake(
                 rt.remediation,
                 lambda ref, fp: _lookup(inventory, ref, fp, self.clock),
-                chain_of=lambda fp: _chain_of(inventory, fp),
+                chain_of=stored_pem(inventory),
             )
 
             def jobs_json(state: str | None, limit: int) -> list[dict[str, object]]:

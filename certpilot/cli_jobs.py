@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import getpass
 import json
 import os
@@ -38,7 +37,7 @@ from certpilot.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the store, the remediator and the scanner load when a verb runs
     from certpilot.remediate import RemediationRuntime
-    from certpilot.store import Inventory, Job
+    from certpilot.store import Job
     from remediator.policy import CertFacts
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -304,13 +303,12 @@ async def _act(args: argparse.Namespace) -> int:
             code = _report(args, jobs, [])
             return EXIT_OK if args.command == "cancel" else code  # cancelled = "failed"
         items = await asyncio.to_thread(inventory.items, now=clock.now())
-        return await _request(args, rt, inventory, items, actor, clock)
+        return await _request(args, rt, items, actor, clock)
 
 
 async def _request(
     args: argparse.Namespace,
     rt: RemediationRuntime,
-    inventory: Inventory,
     items: list[InventoryItem],
     actor: str,
     clock: Clock,
@@ -345,9 +343,6 @@ async def _request(
                 key = None
                 if action == Action.RENEW and args.again:
                     key = f"renew:{cert.fingerprint}:again:{clock.now().isoformat()}"
-                chain = ""
-                if action == Action.REVOKE and cert.fingerprint:
-                    chain = der_to_pem(inventory.certificate_der(cert.fingerprint))
                 res = await rt.remediation.request(
                     action,
                     cert,
@@ -357,7 +352,6 @@ async def _request(
                     reason=RevocationReason(REASONS[args.reason])
                     if action == Action.REVOKE
                     else None,
-                    chain_pem=chain,
                     key=key,
                 )
                 requested.append((name, res))
@@ -384,14 +378,6 @@ async def _request(
             notes.append(f"{label}: {res.note}")
         jobs.append(job)
     return _report(args, jobs, notes, refused=refused)
-
-
-def der_to_pem(der: bytes | None) -> str:
-    if not der:
-        return ""
-    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
 
 
 def certificates(items: Sequence[InventoryItem], name: str) -> list[CertFacts]:

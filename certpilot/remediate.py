@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import ConfigError
 from certpilot.domain.protocols import Prober
@@ -102,6 +105,20 @@ class RemediationRuntime:
         self.close()
 
 
+def stored_pem(inventory: Inventory) -> Callable[[str], str]:
+    """``fingerprint -> PEM`` of a certificate the inventory has seen ("" when unknown): what a
+    revocation revokes and what a renewal names in ARI's ``replaces``."""
+
+    def pem(fingerprint: str) -> str:
+        der = inventory.certificate_der(fingerprint)
+        if not der:
+            return ""
+        cert = x509.load_der_x509_certificate(der)
+        return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    return pem
+
+
 def sli_sink(inventory: Inventory, metrics: Metrics | None) -> Callable[[Sequence[SLIEvent]], None]:
     """Where the executor's SLI events go: the store (counted, like scan events) and the
     metrics (``certpilot_sli_events_total``, ``certpilot_issuance_latency_seconds``)."""
@@ -165,6 +182,7 @@ def open_remediation(
         target_issuers={t.name: t.issuer for t in r.targets if t.issuer},
         default_issuer=next(iter(issuers)) if len(issuers) == 1 else None,
         horizon=timedelta(seconds=r.horizon),
+        chain_of=stored_pem(inventory),
     )
     return RemediationRuntime(remediation, executor, jobs, audit, issuers, targets, stack)
 
@@ -197,5 +215,6 @@ __all__ = [
     "load_remediation_policy",
     "open_remediation",
     "sli_sink",
+    "stored_pem",
     "webhook_token",
 ]

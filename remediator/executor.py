@@ -72,7 +72,7 @@ from certpilot.domain.remedy import (
     RevocationReason,
 )
 from certpilot.domain.sli import SLIEvent
-from certpilot.domain.x509 import parse_pem_bundle
+from certpilot.domain.x509 import ari_certificate_id_pem, parse_pem_bundle
 from certpilot.store.audit import AuditLog
 from certpilot.store.jobs import (
     IN_FLIGHT_STATES,
@@ -392,6 +392,7 @@ class Executor:
                         names=job.names,
                         key_type=job.key_type or "EC-256",
                         validity_days=job.validity_days,
+                        replaces=_replaces(job),
                     )
                 )
                 serial, fingerprint = _leaf_ids(certificate)
@@ -931,6 +932,17 @@ class Executor:
                 self.sli_sink(events)
             except CertpilotError as e:  # a store hiccup must not undo a finished job
                 log.error("could not record %d SLI events: %s", len(events), e.one_line())
+
+
+def _replaces(job: Job) -> str | None:
+    """The ARI identifier of the certificate a renewal replaces (RFC 9773 section 5: the CA
+    may then exempt the order from rate limits), when the job carries it and it has an AKI."""
+    if job.action != Action.RENEW or not job.subject_chain_pem:
+        return None
+    try:
+        return ari_certificate_id_pem(job.subject_chain_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
 
 
 def _ref(job: Job) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -35,12 +35,13 @@ from typing import Protocol, runtime_checkable
 from certpilot.domain.audit import AuditAction, AuditDraft, AuditResult
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import InventoryItem
-from certpilot.domain.remedy import DeployTarget, RevocationReason
+from certpilot.domain.remedy import DeployTarget, IssuerError, RevocationReason
 from certpilot.store.jobs import IN_FLIGHT_STATES, Job, JobStore, NewJob
 from remediator.executor import Executor
 from remediator.jobs import JobState, compromise_key, redeploy_key, renew_key, revoke_key
 from remediator.policy import (
     Action,
+    AriWindow,
     CertFacts,
     Decision,
     Facts,
@@ -64,6 +65,9 @@ COMPROMISED: frozenset[RevocationReason | None] = frozenset(
 #: How far back job history counts as orders against the issuers' rate budgets (the longest
 #: window a CA uses: Let's Encrypt's duplicate-certificate limit is 7 days).
 ORDER_HISTORY = timedelta(days=7)
+
+#: How long a certificate's ARI answer is kept when the CA sent no Retry-After.
+ARI_RECHECK = timedelta(hours=6)
 
 #: Open jobs: their certificate is "busy" (no second job for it).
 OPEN_STATES: frozenset[str] = frozenset(
@@ -122,7 +126,12 @@ class Remediation:
         target_issuers: Mapping[str, str] | None = None,
         default_issuer: str | None = None,
         horizon: timedelta = timedelta(0),
+        chain_of: Callable[[str], str] | None = None,
+        ari_fetch_limit: int = 100,
     ) -> None:
+        self.chain_of = chain_of
+        self.ari_fetch_limit = ari_fetch_limit
+        self._ari: dict[str, tuple[datetime, AriWindow | None]] = {}
         self.executor = executor
         self.policy = policy
         self.targets = tuple(targets)
@@ -247,6 +256,10 @@ class Remediation:
                 start = max(decision.wait_until, start or now)
             decision = replace(decision, verdict=Verdict.ALLOW)
         chosen = self.issuer_for(targets, decision.issuer)
+        if not chain_pem and cert.fingerprint and self.chain_of is not None:
+            # The public certificate being replaced: a revocation revokes it, a renewal names
+            # it in ARI's ``replaces``.
+            chain_pem = await asyncio.to_thread(self.chain_of, cert.fingerprint)
         new = NewJob(
             key=key,
             action=action.value,
@@ -325,6 +338,9 @@ class Remediation:
         now = self.clock.now()
         facts = await self.facts(now)
         managed = [it for it in items if self.targets_for([it.ref])]
+        windows = await self._ari_windows(managed, now)
+        if windows:
+            facts = replace(facts, ari_windows=windows)
         plan = plan_renewals(
             managed,
             self.policy,
@@ -346,6 +362,59 @@ class Remediation:
                 not_before=p.at,
             )
             out.append((p, res))
+        return out
+
+    async def _ari_windows(
+        self, items: Sequence[InventoryItem], now: datetime
+    ) -> dict[str, AriWindow]:
+        """The CA's ARI windows (RFC 9773) of the managed certificates whose issuer offers
+        them, cached per certificate until the CA's Retry-After (else 6 hours), at most
+        ``ari_fetch_limit`` fetches per plan so a large fleet is spread over several plans."""
+        if self.chain_of is None:
+            return {}
+        out: dict[str, AriWindow] = {}
+        fetched = 0
+        for it in items:
+            fp = it.fingerprint_sha256
+            if not fp:
+                continue
+            cached = self._ari.get(fp)
+            if cached is not None and cached[0] > now:
+                if cached[1] is not None:
+                    out[fp] = cached[1]
+                continue
+            if fetched >= self.ari_fetch_limit:
+                continue
+            cert = CertFacts.from_item(it)
+            rule = self.policy.select(cert).rule
+            if not rule.use_ari:
+                continue
+            name = (
+                rule.issuers[0]
+                if rule.issuers
+                else self.issuer_for(self.targets_for([it.ref]), None)
+            )
+            issuer = self.executor.issuers.get(name or "")
+            if issuer is None:
+                continue
+            pem = await asyncio.to_thread(self.chain_of, fp)
+            if not pem:
+                continue
+            fetched += 1
+            try:
+                got = await issuer.renewal_info(pem.encode("ascii"))
+            except IssuerError as e:
+                log.info("renewal info for %s: %s", it.ref, e.message)
+                got = None
+            window = (
+                AriWindow(got.start, got.end, got.retry_after, got.explanation_url)
+                if got is not None
+                else None
+            )
+            until = got.retry_after if got is not None and got.retry_after else None
+            self._ari[fp] = (until or now + ARI_RECHECK, window)
+            if window is not None:
+                out[fp] = window
         return out
 
     async def tick(self, items: Sequence[InventoryItem]) -> None:

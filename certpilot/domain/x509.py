@@ -6,7 +6,9 @@ Everything downstream (judging, the store, metrics, JSON) works on :class:`CertI
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
 import re
 import warnings
 from collections.abc import Iterable
@@ -356,3 +358,39 @@ def load_trust_store(pems: Iterable[tuple[str, bytes]]) -> list[ParsedCert]:
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:200]
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def ari_certificate_id(cert: x509.Certificate) -> str:
+    """RFC 9773 section 4.1 certificate identifier: base64url(AKI keyIdentifier) "."
+    base64url(DER bytes of the serial INTEGER's value), both unpadded.
+
+    Raises ``ValueError`` when the certificate has no Authority Key Identifier.
+    """
+    try:
+        aki = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+    except x509.ExtensionNotFound:
+        raise ValueError("certificate has no Authority Key Identifier (ARI needs one)") from None
+    key_id = aki.key_identifier if isinstance(aki, x509.AuthorityKeyIdentifier) else None
+    if not key_id:
+        raise ValueError("certificate's Authority Key Identifier has no keyIdentifier")
+    serial = cert.serial_number
+    # DER INTEGER content octets: two's complement, minimal, so a leading 0x00 when the high
+    # bit is set (RFC 9773 section 4.1, the example's serial 0x87... encodes as 00 87 ...).
+    serial_der = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
+    return f"{_b64url(key_id)}.{_b64url(serial_der)}"
+
+
+def ari_certificate_id_pem(chain_pem: bytes) -> str:
+    """:func:`ari_certificate_id` of the first certificate in ``chain_pem`` (for
+    ``IssueRequest.replaces``)."""
+    blocks = _PEM_BLOCK.findall(chain_pem)
+    if not blocks:
+        raise ValueError("no PEM certificate found")
+    return ari_certificate_id(x509.load_pem_x509_certificate(blocks[0]))

@@ -31,7 +31,6 @@ import email.utils
 import ipaddress
 import json
 import logging
-import math
 import os
 import subprocess
 import threading
@@ -51,7 +50,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from josepy.errors import DeserializationError
 from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, RS256
@@ -66,6 +65,7 @@ from certpilot.domain.remedy import (
     RenewalWindow,
     RevocationReason,
 )
+from certpilot.domain.x509 import ari_certificate_id, ari_certificate_id_pem
 from remediator.issuers._common import (
     PrivateKey,
     config_from_mapping,
@@ -178,32 +178,6 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:  # RFC 9110: HTTP-dates are always GMT
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
-
-
-def ari_certificate_id(cert: x509.Certificate) -> str:
-    """RFC 9773 section 4.1 certificate identifier: base64url(AKI keyIdentifier) "."
-    base64url(DER bytes of the serial INTEGER's value), both unpadded.
-
-    Raises ``ValueError`` when the certificate has no Authority Key Identifier.
-    """
-    try:
-        aki = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
-    except x509.ExtensionNotFound:
-        raise ValueError("certificate has no Authority Key Identifier (ARI needs one)") from None
-    key_id = cast(x509.AuthorityKeyIdentifier, aki).key_identifier
-    if not key_id:
-        raise ValueError("certificate's Authority Key Identifier has no keyIdentifier")
-    serial = cert.serial_number
-    # DER INTEGER content octets: two's complement, minimal, so a leading 0x00 when the high
-    # bit is set (RFC 9773 section 4.1, the example's serial 0x87... encodes as 00 87 ...).
-    serial_der = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
-    return f"{_b64url(key_id)}.{_b64url(serial_der)}"
-
-
-def ari_certificate_id_pem(chain_pem: bytes) -> str:
-    """:func:`ari_certificate_id` of the first certificate in ``chain_pem`` (for
-    ``IssueRequest.replaces``)."""
-    return ari_certificate_id(load_pem_chain(chain_pem)[0])
 
 
 def _b64url(data: bytes) -> str:

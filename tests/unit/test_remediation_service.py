@@ -30,7 +30,7 @@ from certpilot.domain.remedy import (
     RenewalWindow,
     RevocationReason,
 )
-from certpilot.domain.x509 import CertInfo, parse_pem_bundle
+from certpilot.domain.x509 import CertInfo, ari_certificate_id, parse_pem_bundle
 from certpilot.localca import LocalCA
 from certpilot.store import AuditLog, JobStore, NewJob
 from remediator.executor import Executor
@@ -674,3 +674,82 @@ async def test_facts_count_orders_busy_certificates_and_jobs_in_flight(world: Wo
     assert all(isinstance(o, OrderRecord) for o in facts.orders)
     assert facts.busy == frozenset({"aa", "cc", "c2", "dd", "ee", "jj"})
     assert dict(facts.in_flight) == {"r1": 3, "r2": 1}
+
+
+class AriIssuer(BudgetedIssuer):
+    """A CA that offers ARI: every certificate's window is ``window``; counts the asks."""
+
+    def __init__(self, world: World, window: RenewalWindow) -> None:
+        super().__init__("local", world.ca, world.clock, 1000, timedelta(hours=1))
+        self.window = window
+        self.asked: list[bytes] = []
+
+    async def renewal_info(self, chain_pem: bytes) -> RenewalWindow | None:
+        self.asked.append(chain_pem)
+        return self.window
+
+
+def _ari_remediation(world: World, issuer: AriIssuer, hosts: Sequence[str]) -> Remediation:
+    pem = world.ca.issue(["any.test"], T0).chain_pem().decode()
+    targets = [FakeTarget(f"t-{h}", (h,), world.serving) for h in hosts]
+    return Remediation(
+        world.executor(targets, local=issuer),
+        DEFAULT_POLICY,
+        targets,
+        default_issuer="local",
+        chain_of=lambda fp: pem,
+        ari_fetch_limit=2,
+    )
+
+
+async def test_plan_renews_inside_the_cas_ari_window_and_caches_it(world: World) -> None:
+    # 60 of 90 days left: not due by lifetime (1/3 = 30 days), but the CA's ARI window has
+    # opened (a mass revocation moves it into the past): renew now.
+    past = RenewalWindow(T0 - timedelta(hours=2), T0 - timedelta(hours=1),
+                         retry_after=T0 + timedelta(hours=1))  # fmt: skip
+    issuer = AriIssuer(world, past)
+    hosts = ["a.ari.test", "b.ari.test", "c.ari.test"]
+    r = _ari_remediation(world, issuer, hosts)
+    items = [item(ref_of(h), h, days_left=60) for h in hosts]
+    planned = await r.plan(items)
+    # At most two fetches per plan: the third certificate waits for the next plan.
+    assert len(issuer.asked) == 2 and len(planned) == 2
+    assert all("ARI window" in p.why for p, _ in planned)
+    planned = await r.plan(items)
+    assert len(issuer.asked) == 3 and len(planned) == 1  # cached until Retry-After
+    assert len(world.jobs.list()) == 3
+
+
+async def test_an_ari_window_in_the_future_holds_the_renewal_back(world: World) -> None:
+    later = RenewalWindow(T0 + timedelta(days=10), T0 + timedelta(days=11))
+    issuer = AriIssuer(world, later)
+    r = _ari_remediation(world, issuer, ["d.ari.test"])
+    # 25 of 90 days left: due by lifetime, but the CA says "in 10 days": its window wins.
+    assert await r.plan([item(ref_of("d.ari.test"), "d.ari.test", days_left=25)]) == []
+    assert world.jobs.list() == []
+
+
+async def test_a_renewal_names_the_certificate_it_replaces(world: World) -> None:
+    # RFC 9773 section 5: newOrder carries "replaces" = the old certificate's ARI identifier.
+    old = world.ca.issue(["e.ari.test"], T0)
+    seen: list[str | None] = []
+
+    class Recording(AriIssuer):
+        async def issue(self, request: IssueRequest) -> IssuedCertificate:
+            seen.append(request.replaces)
+            return await super().issue(request)
+
+    issuer = Recording(world, RenewalWindow(T0, T0 + timedelta(hours=1)))
+    target = FakeTarget("t-e", ("e.ari.test",), world.serving)
+    r = Remediation(
+        world.executor([target], local=issuer),
+        DEFAULT_POLICY,
+        [target],
+        default_issuer="local",
+        chain_of=lambda fp: old.chain_pem().decode(),
+    )
+    res = await r.request(Action.RENEW, facts_of("e.ari.test"), requester="bob", force=True)
+    assert res.job is not None and "BEGIN CERTIFICATE" in res.job.subject_chain_pem
+    out = await r.executor.run(res.job.id)
+    assert out.job.state == "done"
+    assert seen == [ari_certificate_id(old.cert)]
