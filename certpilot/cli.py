@@ -249,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="see certpilot work on a loopback fleet, no setup")
     d.add_argument("--serve", action="store_true", help="keep the HTTP server up afterwards")
+    d.add_argument(
+        "--no-remediate",
+        dest="remediate",
+        action="store_false",
+        help="stop after the SLOs: leave the fleet broken (e.g. to see it in Grafana)",
+    )
     d.add_argument("--port", type=int, default=9795, help="HTTP port with --serve (0: any free)")
     d.add_argument(
         "--state-dir", type=Path, help="where the demo keeps its files (default: .certpilot-demo)"
@@ -594,7 +600,11 @@ async def _demo(args: argparse.Namespace) -> int:
     if args.rescan <= 0:
         raise UsageError("--rescan", f"must be more than 0 seconds, got {args.rescan:g}")
     opts = DemoOptions(
-        state_dir=args.state_dir, serve=args.serve, port=args.port, rescan_seconds=args.rescan
+        state_dir=args.state_dir,
+        serve=args.serve,
+        port=args.port,
+        rescan_seconds=args.rescan,
+        remediate=args.remediate,
     )
     return await run_demo(opts, SystemClock(), _console())
 

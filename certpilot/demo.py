@@ -46,6 +46,7 @@ class DemoOptions:
     port: int = 9795
     rescan_seconds: float = 30.0
     timeout: float = 2.0
+    remediate: bool = True
 
 
 def _section(console: Console, title: str) -> None:
@@ -182,33 +183,36 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
                 )
             )
 
-            _section(console, "5. remediation: renew under policy, deploy, verify by probing")
-            console.print(
-                "Each broken endpoint a renewal can fix is asked of the policy "
-                f"({state / 'policy.yaml'}): auto for web and internal, an approval for "
-                "payments, dry-run for legacy. Each job issues from the embedded CA, writes "
-                "the endpoint's files (key 0600, previous version kept), and re-probes until "
-                "the new certificate is served, or rolls back."
-            )
-            rt = demo_remedy.open_demo_remediation(
-                fleet, state, db_url, issuer, scanner, inventory, clock
-            )
-            with rt:
-                await demo_remedy.remediate(rt, inventory, result.observations, clock, console)
-                after = await scan_and_record(scanner, inventory, metrics, targets, clock, env={})
-                jobs = rt.jobs.list()
+            if options.remediate:
+                _section(console, "5. remediation: renew under policy, deploy, verify by probing")
                 console.print(
-                    demo_remedy.before_after(result.observations, after.observations, jobs)
+                    "Each broken endpoint a renewal can fix is asked of the policy "
+                    f"({state / 'policy.yaml'}): auto for web and internal, an approval for "
+                    "payments, dry-run for legacy. Each job issues from the embedded CA, writes "
+                    "the endpoint's files (key 0600, previous version kept), and re-probes until "
+                    "the new certificate is served, or rolls back."
                 )
-                console.print(job_table(jobs, title="jobs"))
-                verdict = rt.audit.verify()
-                console.print(verdict.one_line())
-                unfinished = [j for j in jobs if j.state != "done"]
-                if unfinished:
-                    wrong += len(unfinished)
-                    console.print(Text(f"{len(unfinished)} job(s) not done", style="bold red"))
-                statuses = await slo_cycle(inventory, metrics, slo_set, clock, settings)
-                console.print(slo_table(statuses))
+                rt = demo_remedy.open_demo_remediation(
+                    fleet, state, db_url, issuer, scanner, inventory, clock
+                )
+                with rt:
+                    await demo_remedy.remediate(rt, inventory, result.observations, clock, console)
+                    after = await scan_and_record(
+                        scanner, inventory, metrics, targets, clock, env={}
+                    )
+                    jobs = rt.jobs.list()
+                    console.print(
+                        demo_remedy.before_after(result.observations, after.observations, jobs)
+                    )
+                    console.print(job_table(jobs, title="jobs"))
+                    verdict = rt.audit.verify()
+                    console.print(verdict.one_line())
+                    unfinished = [j for j in jobs if j.state != "done"]
+                    if unfinished:
+                        wrong += len(unfinished)
+                        console.print(Text(f"{len(unfinished)} job(s) not done", style="bold red"))
+                    statuses = await slo_cycle(inventory, metrics, slo_set, clock, settings)
+                    console.print(slo_table(statuses))
 
             _section(console, "next")
             console.print(f"  certpilot inventory --db {db_url}")

@@ -113,9 +113,9 @@ def _str_map(value: object, where: str) -> dict[str, str]:
 
 
 def _time(value: object, where: str, *, optional: bool = False) -> datetime | None:
+    if optional and (value is None or value == ""):
+        return None
     if not isinstance(value, str) or not value:
-        if optional:
-            return None
         raise BadPayload(where, "expected an RFC 3339 time")
     text = value.strip()
     if text.startswith("0001-01-01"):  # Go's zero time: "not set"

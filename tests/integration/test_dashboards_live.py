@@ -144,7 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with logs["demo"].open("wb") as demo_log:
             s.procs["demo"] = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "certpilot.cli", "demo", "--serve"),
+                    *(sys.executable, "-m", "certpilot.cli", "demo", "--serve", "--no-remediate"),
                     *("--port", str(demo_port), "--rescan", "1"),
                     *("--state-dir", str(work / "demo")),
                 ],

@@ -233,6 +233,7 @@ def _del_alert(key: str) -> Callable[[dict[str, Any]], object]:
         (_mutate(_set_alert("startsAt", 1764301201)), "alerts[0].startsAt"),
         (_mutate(_del_alert("startsAt")), "alerts[0].startsAt"),
         (_mutate(_set_alert("endsAt", "soon")), "alerts[0].endsAt"),
+        (_mutate(_set_alert("endsAt", 12345)), "alerts[0].endsAt"),
         (_mutate(lambda b: b.__setitem__("commonLabels", {"a": 1})), "commonLabels"),
     ],
 )
