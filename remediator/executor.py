@@ -51,9 +51,9 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from certpilot.domain.audit import AuditAction, AuditDraft, AuditResult
@@ -111,6 +111,9 @@ ACTOR: Final = "executor"
 ISSUANCE_LATENCY_GOOD_SECONDS: Final = 300.0
 
 SLISink = Callable[[Sequence[SLIEvent]], object]
+#: Asked just before a job orders from its CA: ``None`` to go ahead, or when to try again
+#: (the issuer's rate budget is full: ``remediator.service.Remediation.admit``).
+Admission = Callable[[Job], Awaitable[datetime | None]]
 
 
 class ApprovalDenied(JobError):
@@ -176,6 +179,7 @@ class Executor:
         instance: str | None = None,
         rng: random.Random | None = None,
         sli_sink: SLISink | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -197,6 +201,7 @@ class Executor:
         self.instance = instance or socket.gethostname()
         self.rng = rng or random.Random()
         self.sli_sink = sli_sink
+        self.admission = admission
 
     # ------------------------------------------------------------------ jobs from people
 
@@ -376,6 +381,20 @@ class Executor:
             issuer = self.issuers.get(job.issuer)
             if issuer is None:
                 return await self._fail(job, f"cannot run: unknown issuer {job.issuer!r}")
+            if self.admission is not None:
+                wait = await self.admission(job)
+                if wait is not None:
+                    job = await asyncio.to_thread(
+                        self.jobs.update,
+                        job.id,
+                        job.state,
+                        now=self.clock.now(),
+                        version=job.version,
+                        next_attempt_at=wait,
+                    )
+                    note = f"{job.issuer}'s rate budget is full until {wait.isoformat()}"
+                    log.info("job %d: %s", job.id, note)
+                    return RunOutcome(job, ran=False, note=note)
             job = await self._move(job, S.ISSUING, attempts=job.attempts + 1, next_attempt_at=None)
             await self._audit(
                 job,

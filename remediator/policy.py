@@ -611,6 +611,24 @@ def _budget_windows(
     return out
 
 
+def budget_wait(
+    policy: Policy,
+    issuer: str | None,
+    names: Iterable[str],
+    orders: Iterable[OrderRecord],
+    now: datetime,
+) -> datetime | None:
+    """The gate at the moment an order is about to be sent: ``None`` when one more order for
+    ``names`` at ``issuer`` fits the issuer's budgets given the ``orders`` actually sent, else
+    the first moment it will. The plan spaces jobs out; this catches what the plan cannot see
+    (a wave that started late, retries, another replica's orders)."""
+    windows = _budget_windows(policy, issuer, name_set(names), orders)
+    if not windows:
+        return None
+    at = _earliest(now, (), windows)
+    return None if at is not None and at <= now else (at or now + timedelta(hours=1))
+
+
 # ----------------------------------------------------------------------------- decisions
 
 

@@ -50,6 +50,7 @@ from remediator.policy import (
     Policy,
     Request,
     Verdict,
+    budget_wait,
     decide,
     plan_renewals,
 )
@@ -139,6 +140,8 @@ class Remediation:
         self.default_issuer = default_issuer
         self.horizon = horizon
         self._locations = {t.name: target_locations(t) for t in self.targets}
+        # The last check before each order: the executor asks :meth:`admit`.
+        executor.admission = self.admit
 
     @property
     def jobs(self) -> JobStore:
@@ -194,9 +197,27 @@ class Remediation:
                     orders.append(OrderRecord(at=at, issuer=job.issuer, names=frozenset(job.names)))
                 continue
             at = job.state_times.get(JobState.ISSUING, job.updated_at)
-            if at >= since:
-                orders.append(OrderRecord(at=at, issuer=job.issuer, names=frozenset(job.names)))
+            if at >= since:  # each attempt was an order (counted at the last one: safe side)
+                names = frozenset(job.names)
+                orders += [OrderRecord(at=at, issuer=job.issuer, names=names)] * job.attempts
         return Facts(orders=tuple(orders), in_flight=dict(in_flight), busy=frozenset(busy))
+
+    async def admit(self, job: Job) -> datetime | None:
+        """Whether ``job`` may order from its CA now: the issuer's budgets against the orders
+        actually sent (each attempt of each renewal counts; jobs only planned do not), else
+        when it may (``None``: now)."""
+        now = self.clock.now()
+        jobs: list[Job] = await asyncio.to_thread(self.jobs.list)
+        since = now - ORDER_HISTORY
+        orders: list[OrderRecord] = []
+        for j in jobs:
+            if j.action != Action.RENEW or j.attempts == 0 or j.issuer != job.issuer:
+                continue
+            at = j.state_times.get(JobState.ISSUING, j.updated_at)
+            if at >= since:
+                names = frozenset(j.names)
+                orders += [OrderRecord(at=at, issuer=j.issuer, names=names)] * j.attempts
+        return budget_wait(self.policy, job.issuer, job.names, orders, now)
 
     # ------------------------------------------------------------------------ requests
 

@@ -753,3 +753,28 @@ async def test_a_renewal_names_the_certificate_it_replaces(world: World) -> None
     out = await r.executor.run(res.job.id)
     assert out.job.state == "done"
     assert seen == [ari_certificate_id(old.cert)]
+
+
+async def test_the_budget_is_checked_again_when_a_job_orders(
+    world: World, fleet_policy: Policy
+) -> None:
+    # The plan spaces waves exactly one window apart; the first wave starts 5 minutes late
+    # (a busy executor, a restart). Without a check at order time the second wave would put
+    # 20 orders in one hour; the gate holds it until the first wave's orders leave the window.
+    hosts = [f"w{i:03d}.fleet.test" for i in range(2 * BUDGET)]
+    targets = [FakeTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
+    issuer = BudgetedIssuer("local", world.ca, world.clock, 10_000, PER)  # the CA never says 429
+    executor = world.executor(targets, local=issuer)
+    r = world.remediation(fleet_policy, targets, executor=executor)
+    assert len(await r.plan([item(ref_of(h), h, days_left=5) for h in hosts])) == 2 * BUDGET
+    world.clock.advance(timedelta(minutes=5))
+    await executor.run_due()  # wave 1, late
+    assert len(issuer.orders) == BUDGET
+    world.clock.advance(PER - timedelta(minutes=5))  # wave 2's planned start
+    held = await executor.run_due()
+    assert len(issuer.orders) == BUDGET and held and not any(o.ran for o in held)
+    assert all("rate budget is full" in o.note for o in held)
+    world.clock.advance(timedelta(minutes=5))
+    await executor.run_due()
+    assert len(issuer.orders) == 2 * BUDGET
+    assert _max_in_any_window(issuer.orders, PER) <= BUDGET
