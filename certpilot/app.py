@@ -27,6 +27,7 @@ from certpilot.domain.model import EndpointTarget, Observation, Target
 from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
+from certpilot.paging import open_slack
 from certpilot.remediate import (
     RemediationRuntime,
     open_remediation,
@@ -174,6 +175,7 @@ class Service:
         self.port: int | None = None
         self._scan_lock = asyncio.Lock()
         self.shutdown_grace = 30.0
+        self._slo_statuses: list[SLOStatus] = []
 
     def _readiness(self) -> tuple[bool, str]:
         return (True, "ok") if self.ready else (False, "first scan not finished")
@@ -212,9 +214,26 @@ class Service:
                 readiness=self._readiness,
                 jobs=jobs_json,
             )
+            slack = await open_slack(
+                stack,
+                self.settings,
+                self.clock,
+                self.env,
+                rt=rt,
+                inventory=inventory,
+                slo_rows=lambda: [st.to_dict() for st in self._slo_statuses],
+                wake=wake.set,
+            )
+            if slack is not None:
+                app.router.add_post("/slack/events", slack.handler)
             app.router.add_post(
                 "/hooks/alertmanager",
-                make_handler(intake, webhook_token(self.settings, self.env), wake=wake.set),
+                make_handler(
+                    intake,
+                    webhook_token(self.settings, self.env),
+                    wake=wake.set,
+                    on_alerts=slack.on_alerts if slack is not None else None,
+                ),
             )
             # Jobs a previous process left in flight: finish or roll back before anything new.
             for outcome in await rt.executor.resume_all():
@@ -238,6 +257,11 @@ class Service:
                         return
                     self.ready = True
                     wake.set()  # new inventory: plan renewals
+                    if slack is not None:
+                        try:
+                            await slack.on_scan()
+                        except Exception:
+                            log.exception("paging after the scan failed")
                     counts = Counter(c.value for o in res.observations for c in o.codes)
                     log.info(
                         "scanned %d items in %.1fs: %d events; problems %s",
@@ -255,9 +279,21 @@ class Service:
 
             async def slo_tick() -> None:
                 try:
-                    await slo_cycle(inventory, metrics, slo_set, self.clock, self.settings)
+                    self._slo_statuses = await slo_cycle(
+                        inventory, metrics, slo_set, self.clock, self.settings
+                    )
+                    if slack is not None:
+                        await slack.on_slo(self._slo_statuses)
                 except Exception:
                     log.exception("SLO evaluation failed")
+
+            async def page_tick() -> None:
+                if slack is None:
+                    return
+                try:
+                    await slack.pager.sync()
+                except Exception:
+                    log.exception("paging failed")
 
             scheduler = AsyncIOScheduler(timezone="UTC")
             scheduler.add_job(
@@ -277,6 +313,15 @@ class Service:
                 coalesce=True,
                 id="scan",
             )
+            if slack is not None:
+                scheduler.add_job(
+                    page_tick,
+                    "interval",
+                    seconds=self.settings.slack.page_interval,
+                    max_instances=1,
+                    coalesce=True,
+                    id="pages",
+                )
             scheduler.start()
             stack.callback(lambda: scheduler.shutdown(wait=False))
             jobs_task = asyncio.create_task(

@@ -20,7 +20,6 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from certpilot.domain.chain import hostname_matches
 from certpilot.domain.clock import Clock, SystemClock
 from certpilot.domain.errors import ConfigError, UsageError
 from certpilot.domain.inventory import InventoryItem
@@ -38,7 +36,6 @@ from certpilot.settings import Settings, load_settings
 if TYPE_CHECKING:  # the store, the remediator and the scanner load when a verb runs
     from certpilot.remediate import RemediationRuntime
     from certpilot.store import Job
-    from remediator.policy import CertFacts
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -68,20 +65,9 @@ def default_actor() -> str:
 
 
 def matches(item: InventoryItem, name: str) -> bool:
-    """Whether ``name`` (a host, SAN, inventory ref, target or fingerprint prefix of at least
-    8 hex digits) names ``item``."""
-    from remediator.policy import CertFacts
+    from remediator.service import names_item
 
-    wanted = name.strip().lower()
-    hexed = wanted.replace(":", "")
-    is_hex = len(hexed) >= 8 and all(c in "0123456789abcdef" for c in hexed)
-    fp = (item.fingerprint_sha256 or "").lower()
-    return (
-        wanted in {item.ref.lower(), item.target.lower(), (item.subject_cn or "").lower()}
-        or any(h.lower() == wanted for h in CertFacts.from_item(item).hosts)
-        or (is_hex and fp.startswith(hexed))
-        or (bool(item.sans) and hostname_matches(wanted, item.sans))
-    )
+    return names_item(item, name)
 
 
 def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -316,7 +302,7 @@ async def _request(
     from certpilot.domain.remedy import RevocationReason
     from remediator.jobs import JobState
     from remediator.policy import Action
-    from remediator.service import Requested
+    from remediator.service import Requested, certificates_named
 
     action = Action(args.command)
     notes: list[str] = []
@@ -334,7 +320,7 @@ async def _request(
         if not names:
             raise UsageError("NAME", f"certpilot {args.command} needs a NAME (or --expiring)")
         for name in names:
-            found = certificates(items, name)
+            found = certificates_named(items, name)
             if not found:
                 notes.append(f"{name}: not in the inventory (scan it first: certpilot run)")
                 missing += 1
@@ -378,22 +364,6 @@ async def _request(
             notes.append(f"{label}: {res.note}")
         jobs.append(job)
     return _report(args, jobs, notes, refused=refused)
-
-
-def certificates(items: Sequence[InventoryItem], name: str) -> list[CertFacts]:
-    """One :class:`CertFacts` per distinct certificate ``name`` names, carrying every location
-    that holds it (so every target that holds it is found)."""
-    from remediator.policy import CertFacts
-
-    first: dict[str, InventoryItem] = {}
-    for it in items:
-        if it.fingerprint_sha256 and it.fingerprint_sha256 not in first and matches(it, name):
-            first[it.fingerprint_sha256] = it
-    out: list[CertFacts] = []
-    for fp, it in first.items():
-        refs = tuple(x.ref for x in items if x.fingerprint_sha256 == fp)
-        out.append(replace(CertFacts.from_item(it), refs=refs))
-    return out
 
 
 def _report(

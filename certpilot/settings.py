@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -207,6 +208,95 @@ class RemediationSettings(_Model):
         return self
 
 
+class SlackRoute(_Model):
+    """Where pages go: the first route whose ``owners`` and ``severities`` match (empty lists
+    match anything) names the channel."""
+
+    channel: str = Field(min_length=1)
+    owners: tuple[str, ...] = ()
+    severities: tuple[str, ...] = ()
+
+
+class QuietHours(_Model):
+    """Daily hours when pages of ``severities`` are held (posted when the hours end)."""
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    tz: str = "UTC"
+    severities: tuple[str, ...] = ("ticket",)
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class MaintenanceWindow(_Model):
+    """A planned maintenance: no pages for ``owners`` (all when empty) between the times."""
+
+    start: datetime
+    end: datetime
+    owners: tuple[str, ...] = ()
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _order(self) -> MaintenanceWindow:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end need a time zone offset (e.g. 2026-12-01T02:00Z)")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SlackPermissions(_Model):
+    """Slack user (``U...``/``W...``) and user-group (``S...``) ids allowed to click each
+    action; ``"*"`` allows everyone in the workspace. ``approve`` empty: the approvers the
+    policy rule names. Revocation also needs a second person's approval (policy)."""
+
+    renew: tuple[str, ...] = ()
+    redeploy: tuple[str, ...] = ()
+    revoke: tuple[str, ...] = ()
+    approve: tuple[str, ...] = ()
+    silence: tuple[str, ...] = ()
+    acknowledge: tuple[str, ...] = ("*",)
+
+
+class SlackSettings(_Model):
+    """The Slack bot. Secrets come from the environment variables named here, never the
+    YAML. Without ``enabled`` (or without a token), nothing is posted and ``certpilot demo``
+    shows what would be."""
+
+    enabled: bool = False
+    bot_token_env: str = "SLACK_BOT_TOKEN"  # noqa: S105 (a variable name)
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"  # noqa: S105 (a variable name)
+    socket_mode: bool = False
+    app_token_env: str = "SLACK_APP_TOKEN"  # noqa: S105 (a variable name; Socket Mode)
+    api_url: str | None = None  # Web API base URL (a proxy, or a test fake)
+    default_channel: str = "#certpilot"
+    routes: tuple[SlackRoute, ...] = ()
+    quiet_hours: QuietHours | None = None
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    permissions: SlackPermissions = Field(default_factory=SlackPermissions)
+    alertmanager_url: str | None = None  # for the Silence button (Alertmanager API v2)
+    silence_duration: Duration = 3600.0
+    sources: tuple[str, ...] = ("inventory", "slo", "alertmanager")
+    page_interval: Duration = 15.0  # how often pages are brought up to date
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [x for x in v if x not in {"inventory", "slo", "alertmanager"}]
+        if bad:
+            raise ValueError(f"unknown source {bad[0]!r} (inventory, slo, alertmanager)")
+        return v
+
+
 class Settings(_Model):
     """The whole configuration. Every field has a working default."""
 
@@ -217,6 +307,7 @@ class Settings(_Model):
     slo: SLOSettings = Field(default_factory=SLOSettings)
     targets: TargetSettings = Field(default_factory=TargetSettings)
     remediation: RemediationSettings = Field(default_factory=RemediationSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:

@@ -30,7 +30,7 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -304,7 +304,11 @@ TokenSource = Callable[[], str | None]
 
 
 def make_handler(
-    intake: AlertIntake, token: TokenSource, *, wake: Callable[[], None] | None = None
+    intake: AlertIntake,
+    token: TokenSource,
+    *,
+    wake: Callable[[], None] | None = None,
+    on_alerts: Callable[[Payload], Awaitable[None]] | None = None,
 ) -> Callable[[web.Request], Any]:
     """The aiohttp handler for ``POST /hooks/alertmanager``.
 
@@ -343,9 +347,23 @@ def make_handler(
         outcomes = await intake.handle(payload)
         if wake is not None and any(o.outcome == "job_created" for o in outcomes):
             wake()
+        if on_alerts is not None:  # the Slack pager: in the background, never delaying 200
+            task = asyncio.create_task(_quietly(on_alerts(payload)))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
         return web.json_response(summarize(outcomes))
 
     return handler
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _quietly(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("paging alerts failed")
 
 
 def summarize(outcomes: Sequence[AlertOutcome]) -> dict[str, object]:

@@ -315,3 +315,40 @@ JOBS = _table(JobRow)
 
 # Appended rather than edited into the tuple above: the Inventory creates it with the rest.
 INVENTORY_TABLES = (*INVENTORY_TABLES, JOBS)
+
+
+class SlackPageRow(SQLModel, table=True):
+    """One Slack message the bot posted for a group of signals (bot.model.Page): where it is
+    (``channel``, ``ts``: the thread replies go under it), the signals it shows (JSON, so a
+    restart edits the same message instead of posting a new one), and a ``digest`` of what was
+    last rendered (an unchanged page is not sent again)."""
+
+    __tablename__ = "slack_page"
+
+    key: str = Field(primary_key=True, sa_type=Text)
+    channel: str = Field(default="", sa_type=Text)
+    ts: str = Field(default="", sa_type=Text)
+    status: str = Field(default="firing", max_length=16, index=True)
+    severity: str = Field(default="ticket", max_length=16)
+    signals: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONText)
+    jobs: list[Any] = Field(default_factory=list, sa_type=JSONText)
+    digest: str = Field(default="", max_length=64)
+    acknowledged_by: str = Field(default="", sa_type=Text)
+    silenced_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    held_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SlackRequestRow(SQLModel, table=True):
+    """Signed Slack requests already handled (by their signature), kept for longer than
+    Slack's 5-minute timestamp window: a captured request replayed inside that window is
+    refused, on every replica."""
+
+    __tablename__ = "slack_request"
+
+    signature: str = Field(primary_key=True, max_length=80)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+SLACK_PAGE = _table(SlackPageRow)
+SLACK_REQUEST = _table(SlackRequestRow)
