@@ -42,6 +42,8 @@ test: venv system-deps lint typecheck contracts pytest
 bench: venv system-deps
 	$(BIN)/python benchmarks/probe_vs_blackbox.py
 	$(BIN)/python benchmarks/inventory_upsert.py
+	$(BIN)/python benchmarks/slo_eval.py
+	$(BIN)/python benchmarks/remediation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist

@@ -444,6 +444,38 @@ class Remediation:
         await self.executor.run_due()
 
 
+def names_item(item: InventoryItem, name: str) -> bool:
+    """Whether ``name`` (a host, SAN, inventory ref, target or fingerprint prefix of at least
+    8 hex digits) names ``item``: how the CLI, the bot and ``policy explain`` find things."""
+    from certpilot.domain.chain import hostname_matches
+
+    wanted = name.strip().lower()
+    hexed = wanted.replace(":", "")
+    is_hex = len(hexed) >= 8 and all(c in "0123456789abcdef" for c in hexed)
+    fp = (item.fingerprint_sha256 or "").lower()
+    return (
+        wanted in {item.ref.lower(), item.target.lower(), (item.subject_cn or "").lower()}
+        or any(h.lower() == wanted for h in CertFacts.from_item(item).hosts)
+        or (is_hex and fp.startswith(hexed))
+        or (bool(item.sans) and hostname_matches(wanted, item.sans))
+    )
+
+
+def certificates_named(items: Sequence[InventoryItem], name: str) -> list[CertFacts]:
+    """One :class:`CertFacts` per distinct certificate ``name`` names, carrying every
+    location that holds it (so every target that holds it is found)."""
+    first: dict[str, InventoryItem] = {}
+    for it in items:
+        fp = it.fingerprint_sha256
+        if fp and fp not in first and names_item(it, name):
+            first[fp] = it
+    out: list[CertFacts] = []
+    for fp, it in first.items():
+        refs = tuple(x.ref for x in items if x.fingerprint_sha256 == fp)
+        out.append(replace(CertFacts.from_item(it), refs=refs))
+    return out
+
+
 def _names(cert: CertFacts) -> tuple[str, ...]:
     seen: list[str] = []
     for n in cert.names:
@@ -476,5 +508,7 @@ __all__ = [
     "Locatable",
     "Remediation",
     "Requested",
+    "certificates_named",
+    "names_item",
     "target_locations",
 ]
