@@ -23,6 +23,7 @@ from rich.text import Text
 from certpilot import demo_remedy
 from certpilot.app import scan_and_record, slo_cycle
 from certpilot.cli_jobs import job_table
+from certpilot.demo_slack import DemoPages
 from certpilot.domain.clock import Clock
 from certpilot.domain.model import FileTarget, Observation, Target
 from certpilot.fleet import Fleet, dns_failure_target, start_fleet
@@ -183,8 +184,19 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
                 )
             )
 
+            _section(console, "5. Slack: the pages the bot would post (no Slack configured)")
+            console.print(
+                "Problems are grouped by root cause (a shared issuer or intermediate, the owner "
+                "team, the domain) into one message each, routed by owner and severity "
+                "(payments -> #payments-oncall, pages -> #certs-pages, the rest -> #certs), "
+                "with what certpilot proposes and buttons for people allowed to act:"
+            )
+            pages = DemoPages(db_url, inventory, clock)
+            await pages.sync(statuses)
+            pages.show(console, limit=4)
+
             if options.remediate:
-                _section(console, "5. remediation: renew under policy, deploy, verify by probing")
+                _section(console, "6. remediation: renew under policy, deploy, verify by probing")
                 console.print(
                     "Each broken endpoint a renewal can fix is asked of the policy "
                     f"({state / 'policy.yaml'}): auto for web and internal, an approval for "
@@ -213,6 +225,11 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
                         console.print(Text(f"{len(unfinished)} job(s) not done", style="bold red"))
                     statuses = await slo_cycle(inventory, metrics, slo_set, clock, settings)
                     console.print(slo_table(statuses))
+                    console.print()
+                    console.print(Text("Slack, after the fixes: edits and thread replies", "bold"))
+                    await pages.sync(statuses)
+                    pages.show(console, limit=6)
+            pages.close()
 
             _section(console, "next")
             console.print(f"  certpilot inventory --db {db_url}")
