@@ -93,14 +93,15 @@ class Signal:
         return replace(self, status="resolved", since=at)
 
 
-#: Root-cause dimensions in priority order, with the label each reads.
+#: Root-cause dimensions, most specific first, with the label each reads. ``source`` is last:
+#: in a fleet scanned by one source every problem shares it, which explains nothing.
 CAUSES: tuple[tuple[str, str], ...] = (
     ("intermediate", "intermediate"),
     ("issuer", "issuer_CN"),
     ("acme_account", "acme_account"),
-    ("source", "source"),
     ("owner", "owner"),
     ("domain", "host"),
+    ("source", "source"),
 )
 
 
@@ -112,21 +113,15 @@ def registrable_domain(host: str) -> str:
 
 
 def root_cause(signal: Signal, peers: Sequence[Signal] = ()) -> tuple[str, str]:
-    """The dimension ``signal`` is grouped by: among :data:`CAUSES`, the one whose value the
-    most firing ``peers`` of the same kind share with it (two or more); when none is shared,
-    the owner team, else the domain, else the subject. Ties go to the earlier dimension, so
-    a shared intermediate beats a shared owner."""
+    """The dimension ``signal`` is grouped by: the first of :data:`CAUSES` (most specific
+    first) whose value it shares with another firing peer of the same kind, so certificates
+    failing because one intermediate is retired group under it even across owner teams; when
+    nothing is shared, the owner team, else the domain, else the subject."""
     same = [p for p in peers if p.kind == signal.kind and p.firing]
-    best: tuple[int, int, str, str] | None = None
-    for rank, (dim, label) in enumerate(CAUSES):
+    for dim, label in CAUSES:
         value = _cause_value(signal, dim, label)
-        if not value:
-            continue
-        shared = sum(1 for p in same if _cause_value(p, dim, label) == value)
-        if shared >= 2 and (best is None or (shared, -rank) > (best[0], best[1])):
-            best = (shared, -rank, dim, value)
-    if best is not None:
-        return best[2], best[3]
+        if value and sum(1 for p in same if _cause_value(p, dim, label) == value) >= 2:
+            return dim, value
     for dim, label in (("owner", "owner"), ("domain", "host")):
         value = _cause_value(signal, dim, label)
         if value:

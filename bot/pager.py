@@ -206,6 +206,10 @@ class Pager:
                 page = _with(page, approvers=tuple(self.approvers(page)))
             notes, changed_jobs = await self._jobs(row)
             page = _with(page, jobs=tuple(notes))
+            if row is not None:  # the digest counts these, so the edit must show them
+                page = _with(
+                    page, acknowledged_by=row.acknowledged_by, silenced_until=row.silenced_until
+                )
             out.append(page)
             try:
                 await self._publish(page, row, changed_jobs, now)
@@ -255,7 +259,16 @@ class Pager:
                 )  # fmt: skip
                 log.info("slack: page %s held until %s (%s)", page.key, held.isoformat(), why)
                 return
-            channel, ts = await self.poster.post(self.channel_for(page), text, blocks)
+            try:
+                channel, ts = await self.poster.post(self.channel_for(page), text, blocks)
+            except Exception:
+                # Keep the signals (as a held page is kept) so the next sync, a bare tick
+                # included, posts it: an Alertmanager event is not delivered again.
+                await asyncio.to_thread(
+                    self.store.save, page.key, now=now, signals=signals, status=status,
+                    severity=page.severity.value,
+                )  # fmt: skip
+                raise
             await asyncio.to_thread(
                 self.store.save, page.key, now=now, signals=signals, status=status,
                 severity=page.severity.value, channel=channel, ts=ts, digest=digest,

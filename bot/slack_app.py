@@ -98,7 +98,12 @@ class Permissions:
 
     async def principal(self, user: str, extra: Sequence[str] = ()) -> Principal:
         ids = {*self.allowed_ids("approve"), *extra}
-        return Principal(user, await self.groups_of(user, sorted(ids)))
+        groups = await self.groups_of(user, sorted(ids))
+        # Jobs record their requester as ``slack:U…``: the principal's id must be the same
+        # string, or the second-person rule never sees the requester approving their own
+        # job (and the audit names the approver like every other click). The bare ``U…``
+        # rides along as a group so approvers listed as ``U…`` still match.
+        return Principal(_actor(user), groups | {user})
 
     async def check(self, action: str, user: str) -> tuple[bool, str]:
         ids = self.allowed_ids(action)
@@ -331,6 +336,8 @@ async def on_page_action(
     for cert in certs.values():
         res = await ctx.remediation.request(act, cert, requester=_actor(user), force=True)
         started.append(res)
+        if res.job is not None and not res.created:  # nothing new: audited nowhere else
+            await _audit_ok(ctx, user, act.value, page_key, note=res.note)
         if res.job is not None:
             await ctx.pager.attach_job(page_key, res.job.id)
             if res.job.state == "pending_approval":
