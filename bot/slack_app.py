@@ -348,15 +348,19 @@ async def on_page_action(
                     ),
                 )
     ctx.wake()
-    n = sum(1 for r in started if r.job is not None)
+    new = sum(1 for r in started if r.job is not None and r.created)
+    open_ = sum(1 for r in started if r.job is not None and not r.created)
     notes = "; ".join(r.note for r in started if r.job is None)
+    summary = f"{new} new job(s)" + (f", {open_} already open" if open_ else "")
+    summary += f"; {notes}" if notes else ""
     await ctx.pager.reply(
         page_key,
-        *render.note_reply(f"{action.capitalize()} requested by <@{user}>: {n} job(s)"
-                           + (f"; {notes}" if notes else ""), people=[user]),
-    )  # fmt: skip
+        *render.note_reply(
+            f"{action.capitalize()} requested by <@{user}>: {summary}", people=[user]
+        ),
+    )
     await ctx.pager.sync()
-    return f"{n} job(s) started" + (f"; {notes}" if notes else "")
+    return summary
 
 
 async def _audit_ok(ctx: BotContext, user: str, action: str, subject: str, **detail: str) -> None:
@@ -392,7 +396,10 @@ async def on_job_action(ctx: BotContext, action: str, user: str, job_id: int) ->
         ctx.wake()
         return f"Approved job {job_id}; it runs now."
     ok, why = await _allowed(ctx, "approve", user)
-    if not ok and user not in job.approvers:
+    if not ok and ctx.permissions is not None:  # whoever may approve this job may deny it
+        who = await ctx.permissions.principal(user, job.approvers)
+        ok = bool(({who.id, *who.groups} | {user}) & set(job.approvers))
+    if not ok:
         await _audit_refused(ctx, user, "deny", f"job {job_id}", why)
         return why
     try:
