@@ -121,7 +121,13 @@ async def open_slack(
     from slack_sdk.web.async_client import AsyncWebClient
 
     token = _secret(env, s.bot_token_env, "bot_token_env")
-    secret = _secret(env, s.signing_secret_env, "signing_secret_env")
+    # Socket Mode requests are not signed: the secret is needed only for HTTP mode (without
+    # it, every request to /slack/events fails verification).
+    secret = (
+        env.get(s.signing_secret_env, "").strip()
+        if s.socket_mode
+        else _secret(env, s.signing_secret_env, "signing_secret_env")
+    )
     session = ClientSession()
     stack.push_async_callback(session.close)
     kwargs: dict[str, Any] = {"token": token, "session": session}
@@ -150,11 +156,16 @@ async def open_slack(
     )
     app = build_app(ctx, signing_secret=secret, client=client)
     if s.socket_mode:
+        import asyncio
+
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
         handler = AsyncSocketModeHandler(app, _secret(env, s.app_token_env, "app_token_env"))
-        await handler.connect_async()  # type: ignore[no-untyped-call]
         stack.push_async_callback(handler.close_async)
+        # In the background: slack-sdk retries a failed connect (Slack unreachable, a wrong app
+        # token) every 10 s, forever; that must not hold up the service's start.
+        connecting = asyncio.ensure_future(handler.connect_async())  # type: ignore[no-untyped-call]
+        stack.callback(connecting.cancel)
     return SlackRuntime(pager, store, app, aiohttp_handler(app), inventory, clock)
 
 

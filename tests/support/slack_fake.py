@@ -16,6 +16,7 @@ method                     answers
 ``views.open``             ``view`` with ``id``, ``hash``, ``state``, ``root_view_id``...
 ``usergroups.users.list``  ``users`` (:meth:`FakeSlack.set_usergroup`); ``no_such_subteam``
 ``users.info``             ``user`` with ``tz``, ``tz_offset``... (:meth:`FakeSlack.add_user`)
+``apps.connections.open``  ``url`` of the Socket Mode websocket (app-level token only)
 anything else              ``unknown_method`` (with ``req_method``, as Slack words it)
 =========================  ==================================================================
 
@@ -40,6 +41,22 @@ Slack would show (:meth:`~FakeSlack.messages` after updates, :meth:`~FakeSlack.t
 :meth:`~FakeSlack.ephemerals`, :attr:`~FakeSlack.views`); and :meth:`FakeSlack.wait_for`,
 because Bolt runs a listener's body after ``ack()`` has answered, so its calls arrive later.
 
+Socket Mode (``slack-sdk``'s ``socket_mode`` clients, Bolt's ``SocketModeHandler``s) works as
+on Slack: ``apps.connections.open`` takes the app-level token (``app_token``, ``xapp-...``; the
+bot token there, or the app token anywhere else, is ``not_allowed_token_type``) and answers
+``{"ok": true, "url": "ws://127.0.0.1:<port>/link/?ticket=...&app_id=..."}``. A websocket to
+that URL is greeted with ``{"type": "hello", "num_connections", "debug_info",
+"connection_info": {"app_id"}}``; the client's pings are answered with pongs carrying the same
+data (slack-sdk measures liveness by them). The test pushes envelopes from its own thread with
+:meth:`FakeSlack.socket_send` (``{"envelope_id", "payload", "type", "accepts_response_payload"}``;
+``payload`` may be a body from :mod:`tests.support.slack_signing`, decoded as Slack would put it
+in an envelope) and reads the app's acknowledgements (``{"envelope_id", "payload"?}``) from
+:attr:`FakeSlack.socket_acks` or :meth:`FakeSlack.wait_for_ack`. An ack is only recorded: the
+fake does not turn a slash command's ack payload into an ephemeral message.
+:meth:`FakeSlack.socket_disconnect` sends Slack's ``disconnect`` message (the client reconnects
+with a fresh URL), :meth:`FakeSlack.socket_close` drops the connection from the server's side,
+and :attr:`FakeSlack.socket_connections` tells who connected, pinged and closed (and how).
+
 The server runs in a thread with its own event loop (as :mod:`tests.support.k8s_fake` does), so
 ``with FakeSlack() as slack:`` in a sync test and ``async with FakeSlack() as slack:`` in an async
 one behave the same, and a test's own loop never has to serve it.
@@ -48,6 +65,7 @@ one behave the same, and a test's own loop never has to serve it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import itertools
 import json
@@ -57,17 +75,35 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 DEFAULT_TOKEN = "xoxb-certpilot-fake-bot-token"
 """Shaped like a bot token but not like a real one (secret scanners match real ones)."""
+
+DEFAULT_APP_TOKEN = "xapp-1-A0CPAPP01-certpilot-fake-app-token"
+"""The app-level token ``apps.connections.open`` accepts (Socket Mode), shaped likewise."""
+
+ENVELOPE_TYPES = ("slash_commands", "interactive", "events_api")
+"""What Slack sends over a Socket Mode connection besides ``hello`` and ``disconnect``."""
+
+_ACCEPTS_RESPONSE_PAYLOAD = frozenset({"view_submission", "block_suggestion"})
+"""Interactions whose ack may carry a response (a modal's errors or update, select options)."""
+
+_APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
+"""Methods that take the app-level token instead of the bot token."""
+
+_SOCKET_HOST = "applink-certpilot-fake"
+"""``debug_info.host`` in ``hello`` and ``disconnect`` messages."""
+
+_T = TypeVar("_T")
 
 TS_EPOCH = 1764300000
 """Seconds part of the first ``ts`` the fake hands out (late November 2025)."""
@@ -152,6 +188,89 @@ class _Fault:
     retry_after: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class SocketEnvelope:
+    """One envelope the fake pushed over a Socket Mode connection."""
+
+    envelope_id: str
+    type: str
+    payload: dict[str, Any]
+    accepts_response_payload: bool
+    connection: int
+    """:attr:`SocketConnection.id` of the connection it went over."""
+    message: dict[str, Any]
+    """The whole JSON message as sent."""
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAck:
+    """One message the app sent back with an ``envelope_id``: its acknowledgement."""
+
+    envelope_id: str
+    payload: dict[str, Any] | None
+    """The response the app put in the ack (a slash command's answer...); ``None`` when bare."""
+    connection: int
+    message: dict[str, Any]
+    """The whole JSON message as received."""
+    at: datetime
+    known: bool = True
+    """Whether the fake had sent an envelope with this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class SocketConnection:
+    """One Socket Mode websocket, as it stood when read (:attr:`FakeSlack.socket_connections`)."""
+
+    id: int
+    ticket: str
+    opened_at: datetime
+    hello: dict[str, Any]
+    closed_at: datetime | None = None
+    close_code: int | None = None
+    """What the closing side sent (1000 when slack-sdk closes; 1006 when the peer vanished)."""
+    closed_by: str | None = None
+    """``"client"`` or ``"server"`` (:meth:`FakeSlack.socket_close`, :meth:`FakeSlack.stop`)."""
+    pings: tuple[bytes, ...] = ()
+    """The data of every ping the client sent (each answered with a pong carrying it)."""
+    received: tuple[str, ...] = ()
+    """Every text message from the client, acks or not, in arrival order."""
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass(slots=True)
+class _Socket:
+    """A live or closed connection; ``ws`` is only touched on the fake's loop."""
+
+    id: int
+    ticket: str
+    ws: web.WebSocketResponse
+    opened_at: datetime
+    hello: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False  # hello sent: envelopes may go
+    closed_at: datetime | None = None
+    close_code: int | None = None
+    closed_by: str | None = None
+    pings: list[bytes] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+
+    def snapshot(self) -> SocketConnection:
+        return SocketConnection(
+            id=self.id,
+            ticket=self.ticket,
+            opened_at=self.opened_at,
+            hello=copy.deepcopy(self.hello),
+            closed_at=self.closed_at,
+            close_code=self.close_code,
+            closed_by=self.closed_by,
+            pings=tuple(self.pings),
+            received=tuple(self.received),
+        )
+
+
 @dataclass(slots=True)
 class _State:
     """Everything handlers and the test thread share; guarded by ``FakeSlack._lock``."""
@@ -166,12 +285,18 @@ class _State:
     views: list[dict[str, Any]] = field(default_factory=list)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     usergroups: dict[str, list[str]] = field(default_factory=dict)
+    # Socket Mode: tickets minted by apps.connections.open, connections, envelopes, acks.
+    tickets: dict[str, datetime] = field(default_factory=dict)
+    sockets: list[_Socket] = field(default_factory=list)
+    envelopes: list[SocketEnvelope] = field(default_factory=list)
+    acks: list[SocketAck] = field(default_factory=list)
 
 
 class FakeSlack:
     """A fake ``https://slack.com/api/`` on ``http://127.0.0.1:<port>/api/``.
 
-    ``token`` is the one bot token accepted. The workspace and the bot's identity (what
+    ``token`` is the one bot token accepted, ``app_token`` the one app-level token (Socket
+    Mode's ``apps.connections.open``). The workspace and the bot's identity (what
     ``auth.test`` reports and what posted messages carry) are the other keyword arguments.
     ``users`` maps user ids to ``users.info`` fields (at least ``name``; ``tz`` defaults to UTC)
     and ``usergroups`` maps usergroup ids (``S...``) to member user ids.
@@ -181,6 +306,7 @@ class FakeSlack:
         self,
         *,
         token: str = DEFAULT_TOKEN,
+        app_token: str = DEFAULT_APP_TOKEN,
         team_id: str = "T0CERTPLT",
         team: str = "certpilot",
         team_domain: str = "certpilot",
@@ -198,6 +324,7 @@ class FakeSlack:
         usergroups: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.token = token
+        self.app_token = app_token
         self.team_id = team_id
         self.team = team
         self.team_domain = team_domain
@@ -210,6 +337,7 @@ class FakeSlack:
         self._state = _State()
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
+        self._socket_ids = itertools.count(1)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -229,6 +357,7 @@ class FakeSlack:
             "views.open": self._views_open,
             "usergroups.users.list": self._usergroup_users,
             "users.info": self._users_info,
+            "apps.connections.open": self._connections_open,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -488,6 +617,272 @@ class FakeSlack:
                 raise self._timeout(method, count, len(found), timeout)
             time.sleep(0.02)
 
+    # -- Socket Mode -----------------------------------------------------------------------
+
+    @property
+    def socket_connections(self) -> list[SocketConnection]:
+        """Every Socket Mode connection so far (closed ones too), oldest first."""
+        with self._lock:
+            return [s.snapshot() for s in self._state.sockets]
+
+    @property
+    def socket_envelopes(self) -> list[SocketEnvelope]:
+        """Every envelope pushed so far, in order."""
+        with self._lock:
+            return list(self._state.envelopes)
+
+    @property
+    def socket_acks(self) -> list[SocketAck]:
+        """Every acknowledgement received so far, in arrival order."""
+        with self._lock:
+            return list(self._state.acks)
+
+    def socket_send(
+        self,
+        envelope_type: str,
+        payload: Mapping[str, Any] | bytes | str,
+        *,
+        accepts_response_payload: bool | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        timeout: float = 10.0,
+    ) -> str:
+        """Push an envelope to the newest open connection (waiting up to ``timeout`` for one
+        that has been greeted) and return its ``envelope_id``.
+
+        ``envelope_type`` is one of :data:`ENVELOPE_TYPES`. ``payload`` is what goes in the
+        envelope: a mapping as is, or the body Slack would POST in HTTP mode (from
+        :mod:`tests.support.slack_signing`): a slash command's form fields become a mapping of
+        strings, an interaction's ``payload=`` form field its decoded JSON, a JSON body (Events
+        API) itself. ``accepts_response_payload`` defaults to what Slack sends: true for slash
+        commands, modal submissions and select options, false otherwise. ``events_api``
+        envelopes carry ``retry_attempt`` and ``retry_reason`` too.
+
+        Blocks the calling thread until the message is written; from a coroutine running on the
+        app's own loop while that loop still has to connect, use :meth:`socket_send_async`.
+        """
+        envelope = self._envelope(
+            envelope_type, payload, accepts_response_payload, retry_attempt, retry_reason
+        )
+        self._on_loop(self._push(envelope, timeout), timeout)
+        return str(envelope["envelope_id"])
+
+    async def socket_send_async(
+        self,
+        envelope_type: str,
+        payload: Mapping[str, Any] | bytes | str,
+        *,
+        accepts_response_payload: bool | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        timeout: float = 10.0,
+    ) -> str:
+        """:meth:`socket_send` without blocking the calling event loop."""
+        envelope = self._envelope(
+            envelope_type, payload, accepts_response_payload, retry_attempt, retry_reason
+        )
+        await asyncio.wrap_future(self._submit(self._push(envelope, timeout)))
+        return str(envelope["envelope_id"])
+
+    def socket_disconnect(self, reason: str = "refresh_requested", timeout: float = 10.0) -> int:
+        """Send Slack's ``{"type": "disconnect", "reason": ...}`` on the newest open connection
+        and return its id. slack-sdk answers it by opening a new connection (a fresh
+        ``apps.connections.open``) and closing this one. Slack's reasons: ``warning``,
+        ``refresh_requested``, ``link_disabled``, ``too_many_websockets``."""
+        message = {"type": "disconnect", "reason": reason, "debug_info": {"host": _SOCKET_HOST}}
+        return self._on_loop(self._push(message, timeout), timeout)
+
+    def socket_close(
+        self,
+        connection: int | None = None,
+        code: int = WSCloseCode.GOING_AWAY,
+        timeout: float = 10.0,
+    ) -> None:
+        """Close a connection (the newest open one by default) from the server's side, as a
+        Slack host going away does; the close handshake completes before this returns."""
+        self._on_loop(self._close(connection, code), timeout)
+
+    async def wait_for_ack(self, envelope_id: str, timeout: float = 10.0) -> SocketAck:
+        """Poll until the app has acknowledged ``envelope_id``; :class:`TimeoutError` naming
+        what did arrive otherwise."""
+        return await self._poll(lambda: self._ack(envelope_id), timeout, self._no_ack(envelope_id))
+
+    def wait_for_ack_sync(self, envelope_id: str, timeout: float = 10.0) -> SocketAck:
+        """:meth:`wait_for_ack` for sync tests (blocks the calling thread while polling)."""
+        return self._poll_sync(lambda: self._ack(envelope_id), timeout, self._no_ack(envelope_id))
+
+    async def wait_for_connection(self, count: int = 1, timeout: float = 10.0) -> SocketConnection:
+        """Poll until ``count`` connections have been greeted with ``hello`` (closed ones
+        count) and return the ``count``-th."""
+        return await self._poll(lambda: self._nth_socket(count), timeout, self._no_socket(count))
+
+    def wait_for_connection_sync(self, count: int = 1, timeout: float = 10.0) -> SocketConnection:
+        """:meth:`wait_for_connection` for sync tests."""
+        return self._poll_sync(lambda: self._nth_socket(count), timeout, self._no_socket(count))
+
+    async def wait_for_disconnect(
+        self, connection: int | None = None, timeout: float = 10.0
+    ) -> SocketConnection:
+        """Poll until connection ``connection`` (the newest by default) is closed, by either
+        side, and return it as it ended."""
+        return await self._poll(
+            lambda: self._closed(connection), timeout, self._still_open(connection)
+        )
+
+    def wait_for_disconnect_sync(
+        self, connection: int | None = None, timeout: float = 10.0
+    ) -> SocketConnection:
+        """:meth:`wait_for_disconnect` for sync tests."""
+        return self._poll_sync(
+            lambda: self._closed(connection), timeout, self._still_open(connection)
+        )
+
+    def _envelope(
+        self,
+        envelope_type: str,
+        payload: Mapping[str, Any] | bytes | str,
+        accepts_response_payload: bool | None,
+        retry_attempt: int,
+        retry_reason: str,
+    ) -> dict[str, Any]:
+        if envelope_type not in ENVELOPE_TYPES:
+            raise ValueError(f"Slack sends no {envelope_type!r} envelopes ({ENVELOPE_TYPES})")
+        body = _socket_payload(payload)
+        accepts = accepts_response_payload
+        if accepts is None:
+            accepts = envelope_type == "slash_commands" or (
+                envelope_type == "interactive" and body.get("type") in _ACCEPTS_RESPONSE_PAYLOAD
+            )
+        envelope: dict[str, Any] = {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": body,
+            "type": envelope_type,
+            "accepts_response_payload": accepts,
+        }
+        if envelope_type == "events_api":
+            envelope["retry_attempt"] = retry_attempt
+            envelope["retry_reason"] = retry_reason
+        return envelope
+
+    def _submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("the fake Slack is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def _on_loop(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        return self._submit(coro).result(timeout + 5)
+
+    def _live(self) -> list[_Socket]:
+        with self._lock:
+            return [s for s in self._state.sockets if s.ready and s.closed_at is None]
+
+    async def _push(self, message: dict[str, Any], timeout: float) -> int:
+        """On the fake's loop: write ``message`` to the newest greeted, open connection."""
+        deadline = time.monotonic() + timeout
+        while not (live := self._live()):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no open Socket Mode connection within {timeout}s "
+                    f"({len(self.socket_connections)} closed)"
+                )
+            await asyncio.sleep(0.02)
+        sock = live[-1]
+        if "envelope_id" in message:
+            envelope = SocketEnvelope(
+                envelope_id=str(message["envelope_id"]),
+                type=str(message["type"]),
+                payload=message["payload"],
+                accepts_response_payload=bool(message["accepts_response_payload"]),
+                connection=sock.id,
+                message=message,
+                at=datetime.now(UTC),
+            )
+            with self._lock:
+                self._state.envelopes.append(envelope)
+        await sock.ws.send_str(json.dumps(message))
+        return sock.id
+
+    async def _close(self, connection: int | None, code: int) -> None:
+        live = self._live()
+        targets = [s for s in live if connection is None or s.id == connection][-1:]
+        if not targets:
+            raise LookupError(f"no open Socket Mode connection {connection or ''}".rstrip())
+        await self._server_close(targets[0], code, b"closed by the fake")
+
+    async def _server_close(self, sock: _Socket, code: int, message: bytes) -> None:
+        with self._lock:
+            if sock.closed_by is None:
+                sock.closed_by, sock.close_code = "server", int(code)
+        await sock.ws.close(code=code, message=message)
+
+    async def _close_sockets(self, app: web.Application) -> None:
+        """On shutdown: close every open connection (1001, as a Slack host going away)."""
+        for sock in self._live():
+            await self._server_close(sock, WSCloseCode.GOING_AWAY, b"server shutdown")
+
+    def _ack(self, envelope_id: str) -> SocketAck | None:
+        return next((a for a in self.socket_acks if a.envelope_id == envelope_id), None)
+
+    def _no_ack(self, envelope_id: str) -> Callable[[float], str]:
+        def why(timeout: float) -> str:
+            acked = ", ".join(a.envelope_id for a in self.socket_acks) or "none"
+            return f"no ack for envelope {envelope_id} within {timeout}s (acked: {acked})"
+
+        return why
+
+    def _nth_socket(self, count: int) -> SocketConnection | None:
+        with self._lock:
+            greeted = [s for s in self._state.sockets if s.ready]
+            return greeted[count - 1].snapshot() if len(greeted) >= count else None
+
+    def _no_socket(self, count: int) -> Callable[[float], str]:
+        def why(timeout: float) -> str:
+            opens = len(self.calls_to("apps.connections.open"))
+            return (
+                f"expected {count} Socket Mode connection(s) within {timeout}s, got "
+                f"{len(self.socket_connections)} ({opens} apps.connections.open call(s))"
+            )
+
+        return why
+
+    def _closed(self, connection: int | None) -> SocketConnection | None:
+        with self._lock:
+            socks = [s for s in self._state.sockets if connection is None or s.id == connection]
+            if not socks or socks[-1].closed_at is None:
+                return None
+            return socks[-1].snapshot()
+
+    def _still_open(self, connection: int | None) -> Callable[[float], str]:
+        def why(timeout: float) -> str:
+            which = "the newest connection" if connection is None else f"connection {connection}"
+            return f"{which} was not closed within {timeout}s ({self.socket_connections})"
+
+        return why
+
+    @staticmethod
+    async def _poll(
+        found: Callable[[], _T | None], timeout: float, why: Callable[[float], str]
+    ) -> _T:
+        deadline = time.monotonic() + timeout
+        while (value := found()) is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(why(timeout))
+            await asyncio.sleep(0.02)
+        return value
+
+    @staticmethod
+    def _poll_sync(
+        found: Callable[[], _T | None], timeout: float, why: Callable[[float], str]
+    ) -> _T:
+        deadline = time.monotonic() + timeout
+        while (value := found()) is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(why(timeout))
+            time.sleep(0.02)
+        return value
+
     # -- server ----------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
@@ -496,6 +891,8 @@ class FakeSlack:
         app.router.add_route("GET", "/api/{method}", self._api)
         app.router.add_route("POST", "/commands/{tail:.+}", self._response_url)
         app.router.add_route("POST", "/actions/{tail:.+}", self._response_url)
+        app.router.add_route("GET", "/link/", self._socket)
+        app.on_shutdown.append(self._close_sockets)
         return app
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -512,8 +909,11 @@ class FakeSlack:
                     raise SlackError("unknown_method", req_method=method)
                 if not token:
                     raise SlackError("not_authed")
-                if token != self.token:
-                    raise SlackError("invalid_auth")
+                expected, other = self.token, self.app_token
+                if method in _APP_TOKEN_METHODS:
+                    expected, other = other, expected
+                if token != expected:
+                    raise SlackError("not_allowed_token_type" if token == other else "invalid_auth")
                 faults = self._state.faults.get(method)
                 if faults:
                     fault = faults.popleft()
@@ -548,6 +948,77 @@ class FakeSlack:
             params = {"_raw": params}
         self._record(request, "response_url", params, 200, {"ok": True})
         return web.Response(text="ok", content_type="text/plain")
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """``GET /link/?ticket=...``: a Socket Mode websocket (see the module docstring)."""
+        ticket = request.query.get("ticket", "")
+        with self._lock:
+            known = ticket in self._state.tickets
+        if not known:  # (Slack's exact refusal is not documented; a client just retries)
+            return web.Response(status=401, text="invalid ticket")
+        # autoping off: pings are answered here, so they can be recorded.
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        with self._lock:
+            sock = _Socket(next(self._socket_ids), ticket, ws, datetime.now(UTC))
+            self._state.sockets.append(sock)
+            live = sum(1 for s in self._state.sockets if s.ready and s.closed_at is None)
+            sock.hello = {
+                "type": "hello",
+                "num_connections": live + 1,
+                "debug_info": {
+                    "host": _SOCKET_HOST,
+                    "build_number": 1,
+                    "approximate_connection_time": 18060,
+                },
+                "connection_info": {"app_id": self.app_id},
+            }
+        try:
+            await ws.send_str(json.dumps(sock.hello))
+            with self._lock:
+                sock.ready = True
+            async for msg in ws:  # ends at the close handshake (answered by aiohttp)
+                if msg.type == WSMsgType.TEXT:
+                    self._socket_text(sock, str(msg.data))
+                elif msg.type == WSMsgType.PING:
+                    with self._lock:
+                        sock.pings.append(bytes(msg.data))
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client vanished, or the server is stopping
+        finally:
+            with self._lock:
+                sock.closed_at = datetime.now(UTC)
+                if sock.closed_by is None:  # (after a server close, aiohttp reports the echo)
+                    code = ws.close_code
+                    sock.closed_by = "client"
+                    sock.close_code = int(code) if code is not None else 1006
+        return ws
+
+    def _socket_text(self, sock: _Socket, data: str) -> None:
+        """A message from the app: every one is kept; those with an ``envelope_id`` are acks."""
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        with self._lock:
+            sock.received.append(data)
+            if not isinstance(message, dict) or not isinstance(message.get("envelope_id"), str):
+                return
+            envelope_id = message["envelope_id"]
+            payload = message.get("payload")
+            self._state.acks.append(
+                SocketAck(
+                    envelope_id=envelope_id,
+                    payload=payload if isinstance(payload, dict) else None,
+                    connection=sock.id,
+                    message=message,
+                    at=datetime.now(UTC),
+                    known=any(e.envelope_id == envelope_id for e in self._state.envelopes),
+                )
+            )
 
     def _record(
         self,
@@ -736,6 +1207,12 @@ class FakeSlack:
         self._state.views.append(opened)
         return {"ok": True, "view": copy.deepcopy(opened)}
 
+    def _connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        ticket = str(uuid.uuid4())
+        self._state.tickets[ticket] = datetime.now(UTC)
+        url = f"ws://127.0.0.1:{self.port}/link/?ticket={ticket}&app_id={self.app_id}"
+        return {"ok": True, "url": url}
+
     def _usergroup_users(self, params: dict[str, Any]) -> dict[str, Any]:
         group = params.get("usergroup")
         if not group:
@@ -782,4 +1259,29 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     return params
 
 
-__all__ = ["DEFAULT_TOKEN", "Call", "FakeSlack", "SlackError"]
+def _socket_payload(payload: Mapping[str, Any] | bytes | str) -> dict[str, Any]:
+    """An envelope's ``payload`` from a mapping, or from the body Slack would POST instead."""
+    if isinstance(payload, Mapping):
+        return copy.deepcopy(dict(payload))
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    if text.lstrip().startswith("{"):
+        body = json.loads(text)
+    else:
+        form = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
+        body = json.loads(form["payload"]) if set(form) == {"payload"} else form
+    if not isinstance(body, dict):
+        raise ValueError("an envelope payload is a JSON object")
+    return body
+
+
+__all__ = [
+    "DEFAULT_APP_TOKEN",
+    "DEFAULT_TOKEN",
+    "ENVELOPE_TYPES",
+    "Call",
+    "FakeSlack",
+    "SlackError",
+    "SocketAck",
+    "SocketConnection",
+    "SocketEnvelope",
+]
