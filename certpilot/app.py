@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event, InventoryItem
 from certpilot.domain.model import EndpointTarget, Observation, Target
+from certpilot.domain.reconcile import reconcile
 from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
@@ -75,11 +76,13 @@ async def scan_and_record(
     *,
     env: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    issued: Iterable[str] = (),
 ) -> ScanResult:
-    """One scan cycle: probe, store (one transaction), SLI events, update metrics."""
+    """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
+    certpilot issued), store (one transaction), SLI events, update metrics."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
-    observations = await scanner.scan(targets, env=env, progress=progress)
+    observations = reconcile(await scanner.scan(targets, env=env, progress=progress), issued=issued)
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
@@ -249,8 +252,15 @@ class Service:
                     return
                 async with self._scan_lock:
                     try:
+                        done = await asyncio.to_thread(rt.jobs.list, ["done"])
                         res = await scan_and_record(
-                            scanner, inventory, metrics, targets, self.clock, env=self.env
+                            scanner,
+                            inventory,
+                            metrics,
+                            targets,
+                            self.clock,
+                            env=self.env,
+                            issued=[j.new_fingerprint for j in done if j.new_fingerprint],
                         )
                     except Exception:
                         log.exception("scan cycle failed")

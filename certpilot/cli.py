@@ -332,6 +332,7 @@ def _policy(args: argparse.Namespace) -> JudgePolicy:
 
 async def _scan(args: argparse.Namespace) -> int:
     from certpilot.app import scan_and_record
+    from certpilot.domain.reconcile import reconcile
     from certpilot.report import scan_table
     from scanner.runner import Scanner, ScanOptions
     from scanner.tls_endpoint import ProbeSettings
@@ -387,7 +388,7 @@ async def _scan(args: argparse.Namespace) -> int:
                 inventory.close()
             observations = result.observations
         else:
-            observations = await scanner.scan(targets, progress=advance)
+            observations = reconcile(await scanner.scan(targets, progress=advance))
     if args.format == "json":
         json.dump([o.to_dict() for o in observations], sys.stdout, indent=2)
         sys.stdout.write("\n")

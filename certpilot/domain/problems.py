@@ -70,6 +70,12 @@ SEVERITY_ORDER: tuple[ProblemCode, ...] = (
     ProblemCode.UNEXPECTED_ISSUANCE,
 )
 
+#: Findings about how a certificate is managed, not whether it is valid: the valid-ratio SLI
+#: (a valid certificate with enough lifetime left) does not count them as bad.
+GOVERNANCE_CODES: frozenset[ProblemCode] = frozenset(
+    {ProblemCode.NOT_DEPLOYED, ProblemCode.UNMANAGED, ProblemCode.UNEXPECTED_ISSUANCE}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
+from certpilot.domain.problems import GOVERNANCE_CODES
 
 SLI_IDS: tuple[str, ...] = (
     "valid_ratio",
@@ -57,7 +58,8 @@ class SLISample:
 
 
 def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> list[SLIEvent]:
-    """M1: one event per endpoint probe; good when the endpoint has no problem at all.
+    """M1: one event per endpoint probe; good when the endpoint has no validity problem
+    (governance findings such as ``unmanaged`` or ``not_deployed`` do not count).
 
     "No problem" includes "not expiring": the judge's expiring rule is the policy's share of
     lifetime, so a good event means a valid certificate with enough lifetime left.
@@ -67,7 +69,8 @@ def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> lis
         if o.source != "tls":
             continue
         detail = ",".join(c.value for c in o.codes)
-        out.append(SLIEvent(at, "valid_ratio", not o.problems, o.ref, detail=detail))
+        good = not [c for c in o.codes if c not in GOVERNANCE_CODES]
+        out.append(SLIEvent(at, "valid_ratio", good, o.ref, detail=detail))
     return out
 
 
