@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event, InventoryItem
 from certpilot.domain.model import EndpointTarget, Observation, Target
+from certpilot.domain.ownership import OwnerRule, assign_owners
 from certpilot.domain.reconcile import reconcile
 from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
@@ -77,12 +78,15 @@ async def scan_and_record(
     env: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     issued: Iterable[str] = (),
+    owners: Sequence[OwnerRule] = (),
+    default_owner: str | None = None,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
-    observations = reconcile(await scanner.scan(targets, env=env, progress=progress), issued=issued)
+    scanned = await scanner.scan(targets, env=env, progress=progress)
+    observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
@@ -129,6 +133,13 @@ async def slo_cycle(
         for st in statuses:
             metrics.observe_slo(slo_service.gauges(st))
     return statuses
+
+
+def owner_rules(settings: Settings) -> list[OwnerRule]:
+    return [
+        OwnerRule(r.owner, names=r.names, refs=r.refs, sources=r.sources)
+        for r in settings.ownership.rules
+    ]
 
 
 def scan_targets(settings: Settings, deploy_targets: Sequence[DeployTarget]) -> list[Target]:
@@ -261,6 +272,8 @@ class Service:
                             self.clock,
                             env=self.env,
                             issued=[j.new_fingerprint for j in done if j.new_fingerprint],
+                            owners=owner_rules(self.settings),
+                            default_owner=self.settings.ownership.default,
                         )
                     except Exception:
                         log.exception("scan cycle failed")

@@ -297,6 +297,28 @@ class SlackSettings(_Model):
         return v
 
 
+class OwnerRuleSettings(_Model):
+    """``ownership.rules[]``: the first rule that matches names the owner (shell globs)."""
+
+    owner: str = Field(min_length=1)
+    names: tuple[str, ...] = ()  # SANs, CN, endpoint host: "*.pay.example.com"
+    refs: tuple[str, ...] = ()  # locations: "openbao://bao/secret/payments/*"
+    sources: tuple[str, ...] = ()  # tls, file, openbao, k8s
+
+    @model_validator(mode="after")
+    def _some(self) -> OwnerRuleSettings:
+        if not (self.names or self.refs or self.sources):
+            raise ValueError("a rule needs names, refs or sources to match on")
+        return self
+
+
+class OwnershipSettings(_Model):
+    """Who owns what: labels first (owner/team), then these rules, then ``default``."""
+
+    rules: tuple[OwnerRuleSettings, ...] = ()
+    default: str | None = None
+
+
 class Settings(_Model):
     """The whole configuration. Every field has a working default."""
 
@@ -308,6 +330,7 @@ class Settings(_Model):
     targets: TargetSettings = Field(default_factory=TargetSettings)
     remediation: RemediationSettings = Field(default_factory=RemediationSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
+    ownership: OwnershipSettings = Field(default_factory=OwnershipSettings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:
