@@ -67,7 +67,7 @@ def _check_table(fleet: Fleet, observations: list[Observation]) -> tuple[Table, 
     for ep in fleet.endpoints:
         obs = by_target.get(ep.target().name)
         found = {c.value for c in obs.codes} if obs else {"(not scanned)"}
-        expected = {c.value for c in ep.expected}
+        expected = {c.value for c in ep.expected_with_stores()}
         ok = found == expected
         wrong += 0 if ok else 1
         table.add_row(
@@ -119,6 +119,9 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
         metrics = Metrics(registry, inventory, clock)
         targets: list[Target] = [*fleet.targets(), dns_failure_target()]
         targets.append(FileTarget(str(fleet.ca_file)))
+        # The fleet's certificate stores: compared with what is served (not_deployed,
+        # unmanaged).
+        targets += [FileTarget(p, labels={"owner": "web"}) for p in fleet.store_patterns]
         # Counters sampled at 0 before the first scan, as Prometheus would scrape them.
         inventory.snapshot_sli(clock.now())
         # The CA renewals will come from (section 5): trusted from the first scan on.
@@ -278,6 +281,7 @@ async def _serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     targets: list[Target] = [*fleet.targets(), dns_failure_target()]
+    targets += [FileTarget(p, labels={"owner": "web"}) for p in fleet.store_patterns]
     slo_set = slo_service.load_slos(())
     try:
         while not stop.is_set():

@@ -140,7 +140,7 @@ async def remediate(
     items = {it.ref: it for it in inventory.items(now=clock.now())}
     asked: list[tuple[str, Requested]] = []
     for obs in before:
-        if not set(obs.codes) & RENEWABLE or obs.ref not in items:
+        if obs.source != "tls" or not set(obs.codes) & RENEWABLE or obs.ref not in items:
             continue
         cert = CertFacts.from_item(items[obs.ref])
         res = await rt.remediation.request(Action.RENEW, cert, requester="demo", force=True)
@@ -189,7 +189,7 @@ def before_after(
     now_by_target = {o.target: o for o in after}
     job_by_ref = {j.ref: j for j in jobs}
     for b in before:
-        if not set(b.codes) & RENEWABLE:
+        if b.source != "tls" or not set(b.codes) & RENEWABLE:
             continue
         a = now_by_target.get(b.target)
         job = job_by_ref.get(b.ref)

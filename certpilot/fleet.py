@@ -39,6 +39,12 @@ class FleetEndpoint:
     issued: Issued | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
+    # What a scan that also reads the fleet's stores (Fleet.store_patterns) must say, when
+    # that differs from ``expected`` (reconciliation: not_deployed, unmanaged).
+    with_stores: frozenset[P] | None = None
+
+    def expected_with_stores(self) -> frozenset[P]:
+        return self.expected if self.with_stores is None else self.with_stores
 
     def target(self) -> EndpointTarget:
         return EndpointTarget(
@@ -56,6 +62,13 @@ class Fleet:
     workdir: Path
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
     _hang: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def store_patterns(self) -> list[str]:
+        """The certificate stores of the fleet (file globs): every endpoint's files, and a
+        store holding a renewal that was never deployed. The ``unmanaged`` endpoint's files
+        are outside them on purpose."""
+        return [str(self.workdir / "*.crt"), str(self.workdir / "store" / "*.pem")]
 
     def by_case(self, case: str) -> FleetEndpoint:
         return next(e for e in self.endpoints if e.case == case)
@@ -270,6 +283,26 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
             True,
         ),
     ]
+    plan += [
+        (
+            "not-deployed",
+            "renewed into the store (store/stale-renewed.pem), never deployed: the old one "
+            "is still served",
+            set(),
+            "web",
+            issue(ca, f"stale.{d}", not_before=now - timedelta(days=40)),
+            True,
+        ),
+        (
+            "unmanaged",
+            "served from files no scanned store holds: nothing renews it",
+            set(),
+            "web",
+            issue(ca, f"orphan.{d}"),
+            True,
+        ),
+    ]
+    reconciled = {"not-deployed": P.NOT_DEPLOYED, "unmanaged": P.UNMANAGED}
     endpoints: list[FleetEndpoint] = []
     servers: list[asyncio.base_events.Server] = []
     for case, desc, expected, owner, make, with_chain in plan:
@@ -286,7 +319,17 @@ async def start_fleet(workdir: Path, now: datetime) -> Fleet:
             cert_path=workdir / f"{case}.crt",
             key_path=workdir / f"{case}.key",
         )
+        if case in reconciled:
+            ep.with_stores = frozenset({reconciled[case]})
+        if case == "unmanaged":
+            (workdir / "unmanaged").mkdir(exist_ok=True)
+            ep.cert_path = workdir / "unmanaged" / "orphan.crt"
+            ep.key_path = workdir / "unmanaged" / "orphan.key"
         _write(ep, issued)
+        if case == "not-deployed":
+            (workdir / "store").mkdir(exist_ok=True)
+            renewed = ca.issue([f"stale.{d}"], now)
+            (workdir / "store" / "stale-renewed.pem").write_bytes(renewed.chain_pem())
         server = await _tls_server(ep)
         ep.port = int(server.sockets[0].getsockname()[1])
         servers.append(server)

@@ -65,6 +65,8 @@ async def test_demo_classifies_every_endpoint(tmp_path: Path) -> None:
         "timeout",
         "tls_error",
         "dns_error",
+        "not_deployed",
+        "unmanaged",
     ):
         assert code in out, code
     assert "✗" not in out
