@@ -39,6 +39,7 @@ from certpilot.remediate import (
 from certpilot.settings import Settings
 from certpilot.store import Inventory
 from remediator.webhook import AlertIntake, make_handler
+from scanner.crl import CRLCache
 from scanner.runner import Progress, Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
 from slo import service as slo_service
@@ -80,12 +81,15 @@ async def scan_and_record(
     issued: Iterable[str] = (),
     owners: Sequence[OwnerRule] = (),
     default_owner: str | None = None,
+    crl_cache: CRLCache | None = None,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
+    if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
+        scanned = await crl_cache.check_all(scanned, clock.now())
     observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
     problems = sum(1 for o in observations if o.problems)
@@ -95,6 +99,8 @@ async def scan_and_record(
     duration = time.perf_counter() - started
     if metrics is not None:
         metrics.observe_sli(increments)
+        if crl_cache is not None:
+            metrics.observe_crls(crl_cache.status(clock.now()), crl_cache.error_counts)
         by_source: dict[str, list[Observation]] = {}
         for o in observations:
             by_source.setdefault(o.source, []).append(o)
@@ -201,6 +207,9 @@ class Service:
             metrics = Metrics(self.registry, inventory, self.clock)
             scanner = Scanner(scan_options(self.settings), self.clock)
             stack.callback(scanner.close)
+            crl_cache: CRLCache | None = None
+            if self.settings.scan.crl_checks:
+                crl_cache = await stack.enter_async_context(CRLCache(self.clock))
             rt = open_remediation(
                 self.settings,
                 self.clock,
@@ -274,6 +283,7 @@ class Service:
                             issued=[j.new_fingerprint for j in done if j.new_fingerprint],
                             owners=owner_rules(self.settings),
                             default_owner=self.settings.ownership.default,
+                            crl_cache=crl_cache,
                         )
                     except Exception:
                         log.exception("scan cycle failed")

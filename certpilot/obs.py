@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -610,6 +611,27 @@ class Metrics:
         )
         for state in JOB_STATES:
             self.jobs.labels(state).set(0)
+        self.crl_stale = Gauge(
+            "certpilot_crl_stale",
+            "1 when certpilot has no current CRL for this distribution point (past nextUpdate, "
+            "or never fetched).",
+            ["url", "issuer"],
+            registry=registry,
+        )
+        self.crl_next_update = Gauge(
+            "certpilot_crl_next_update_timestamp_seconds",
+            "nextUpdate of the CRL certpilot holds for this distribution point.",
+            ["url", "issuer"],
+            registry=registry,
+        )
+        self.crl_fetch_errors = Counter(
+            "certpilot_crl_fetch_errors_total",
+            "CRL fetches that failed, by reason (timeout, connection, tls, http_status, "
+            "too_large, malformed, outdated, untrusted).",
+            ["url", "reason"],
+            registry=registry,
+        )
+        self._crl_errors_seen: dict[tuple[str, str], int] = {}
         self.issuance_latency = Histogram(
             "certpilot_issuance_latency_seconds",
             "Time from ordering a certificate to verifying it is served everywhere.",
@@ -689,6 +711,21 @@ class Metrics:
             self.slo_period_burn.labels(*ids).set(_nan(status.period_burn_rate))
             for severity, firing in status.firing.items():
                 self.slo_alert.labels(*ids, severity).set(1.0 if firing else 0.0)
+
+    def observe_crls(
+        self, statuses: Sequence[Any], error_counts: Mapping[tuple[str, str], int]
+    ) -> None:
+        """CRL freshness from ``scanner.crl.CRLCache.status()`` rows and its cumulative error
+        counts (``certpilot_crl_*``)."""
+        for row in statuses:
+            self.crl_stale.labels(row.url, row.issuer).set(1.0 if row.stale else 0.0)
+            if row.next_update is not None:
+                self.crl_next_update.labels(row.url, row.issuer).set(row.next_update.timestamp())
+        for key, total in error_counts.items():
+            seen = self._crl_errors_seen.get(key, 0)
+            if total > seen:
+                self.crl_fetch_errors.labels(*key).inc(total - seen)
+                self._crl_errors_seen[key] = total
 
     def observe_jobs(self, counts: Mapping[str, int]) -> None:
         """``certpilot_jobs{state}`` from the job store's counts (every state, zeros too)."""

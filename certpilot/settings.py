@@ -77,6 +77,9 @@ class ScanSettings(_Model):
     workers: int = Field(default=0, ge=0, le=64)
     ca_files: tuple[str, ...] = ()
     system_trust: bool = True
+    # Fetch the CRLs named by scanned certificates (http only, bounded, cached until
+    # nextUpdate) and mark revoked ones.
+    crl_checks: bool = True
 
 
 class JudgeSettings(_Model):

@@ -569,6 +569,20 @@ def _symptoms(policy: JudgePolicy, page_days: float) -> list[_Symptom]:
             "10m",
         )
     )
+    out.append(
+        _Symptom(
+            "CRLStale",
+            "max by (url, issuer) (certpilot_crl_stale) == 1",
+            "ticket",
+            "CRL {{ $labels.url }} of {{ $labels.issuer }} is stale",
+            "certpilot has no current CRL from {{ $labels.url }} (issuer {{ $labels.issuer }}): "
+            "it is past its nextUpdate or cannot be fetched "
+            "(certpilot_crl_fetch_errors_total by reason says why), so revocations by that CA "
+            "since the last good copy are not seen.",
+            "crl-stale",
+            "1h",
+        )
+    )
     return out
 
 

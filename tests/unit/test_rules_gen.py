@@ -58,6 +58,7 @@ SYMPTOMS = {
     "CertificateNotDeployed": "ticket",
     "UnexpectedIssuance": "page",
     "CertpilotInventoryDown": "ticket",
+    "CRLStale": "ticket",
 }
 
 # Sloth's getting-started example (https://github.com/slok/sloth, examples/getting-started.yml).
