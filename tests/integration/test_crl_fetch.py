@@ -521,3 +521,50 @@ async def test_local_ca_issuer_crl_file_parses_and_verifies(tmp_path: Path) -> N
     assert not isinstance(leaf, Exception)
     assert cert_info(leaf.cert).crl_urls == ()
     assert not verify_crl(info, LocalCA("Unrelated", clock.now()).issuer_cert)
+
+
+class _OneShotScanner:
+    """Stands in for the scanner: returns the prepared observations."""
+
+    def __init__(self, observations: list[Observation]) -> None:
+        self.observations = observations
+
+    async def scan(
+        self, targets: object, env: object = None, progress: object = None
+    ) -> list[Observation]:
+        return list(self.observations)
+
+
+async def test_the_scan_cycle_records_revoked_and_exports_crl_metrics(
+    ca: LocalCA, now: datetime, clock: FixedClock, server: CRLServer, tmp_path: Path
+) -> None:
+    # certpilot.app.scan_and_record with a CRL cache: the revoked leaf is stored with the
+    # `revoked` problem and certpilot_crl_* describe the CRL.
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from certpilot.app import scan_and_record
+    from certpilot.obs import Metrics
+    from certpilot.store import Inventory
+
+    leaf, obs = served_leaf(ca, now, server)
+    server.files["/int.crl"] = der(
+        make_crl(ca, now, [(leaf.serial_number, x509.ReasonFlags.superseded)])
+    )
+    with Inventory.open(f"sqlite:///{tmp_path / 'inv.db'}") as inventory:
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, inventory, clock)
+        async with cache(clock) as crls:
+            res = await scan_and_record(
+                _OneShotScanner([obs]),  # type: ignore[arg-type]
+                inventory,
+                metrics,
+                [],
+                clock,
+                crl_cache=crls,
+            )
+        assert res.observations[0].codes == (ProblemCode.REVOKED,)
+        (item,) = inventory.items(now=clock.now())
+        assert ProblemCode.REVOKED in item.problems
+        text = generate_latest(registry).decode()
+    assert f'certpilot_crl_stale{{issuer="{ca.issuer_cert.subject.rfc4514_string()}"' in text
+    assert "certpilot_crl_next_update_timestamp_seconds" in text
