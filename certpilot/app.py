@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,12 +82,15 @@ async def scan_and_record(
     owners: Sequence[OwnerRule] = (),
     default_owner: str | None = None,
     crl_cache: CRLCache | None = None,
+    stores: Sequence[StoreScan] = (),
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
+    for store in stores:  # OpenBao/Vault, Kubernetes: never raise, failures are observations
+        scanned += await store()
     if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
         scanned = await crl_cache.check_all(scanned, clock.now())
     observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
@@ -139,6 +142,49 @@ async def slo_cycle(
         for st in statuses:
             metrics.observe_slo(slo_service.gauges(st))
     return statuses
+
+
+StoreScan = Callable[[], Awaitable[list[Observation]]]
+
+
+def store_scans(
+    settings: Settings,
+    clock: Clock,
+    env: Mapping[str, str],
+    *,
+    source: str = "config",
+    metrics: Metrics | None = None,
+) -> list[StoreScan]:
+    """One scan per configured secrets store (``targets.openbao``, ``targets.kubernetes``);
+    :class:`ConfigError` names ``targets.openbao[i].<field>`` for bad options. OpenBao PKI
+    mounts' CRL freshness goes to ``certpilot_crl_*``."""
+    from scanner.k8s import KubernetesSource, scan_kubernetes
+    from scanner.openbao import OpenBaoSource, scan_openbao
+
+    policy = settings.judge.policy()
+    out: list[StoreScan] = []
+    for i, data in enumerate(settings.targets.openbao):
+        bao = OpenBaoSource.from_mapping(data, source=source, field=f"targets.openbao[{i}]")
+
+        async def scan_bao(bao: OpenBaoSource = bao) -> list[Observation]:
+            res = await scan_openbao(bao, clock, env=env, policy=policy)
+            if metrics is not None:
+                now = clock.now()
+                for mount, next_update in res.crl_next_update.items():
+                    url = f"{bao.url.rstrip('/')}/v1/{mount}/crl"
+                    metrics.crl_next_update.labels(url, mount).set(next_update.timestamp())
+                    metrics.crl_stale.labels(url, mount).set(1.0 if next_update < now else 0.0)
+            return list(res.observations)
+
+        out.append(scan_bao)
+    for i, data in enumerate(settings.targets.kubernetes):
+        kube = KubernetesSource.from_mapping(data, source=source, field=f"targets.kubernetes[{i}]")
+
+        async def scan_kube(kube: KubernetesSource = kube) -> list[Observation]:
+            return await scan_kubernetes(kube, clock, policy=policy, env=env)
+
+        out.append(scan_kube)
+    return out
 
 
 def owner_rules(settings: Settings) -> list[OwnerRule]:
@@ -265,6 +311,13 @@ class Service:
             stack.push_async_callback(runner.cleanup)
             self.port = bound_port(runner)
             targets = scan_targets(self.settings, rt.targets)
+            stores = store_scans(
+                self.settings,
+                self.clock,
+                self.env,
+                source=str(self.config_path or "config"),
+                metrics=metrics,
+            )
 
             async def cycle() -> None:
                 if self._scan_lock.locked():
@@ -284,6 +337,7 @@ class Service:
                             owners=owner_rules(self.settings),
                             default_owner=self.settings.ownership.default,
                             crl_cache=crl_cache,
+                            stores=stores,
                         )
                     except Exception:
                         log.exception("scan cycle failed")

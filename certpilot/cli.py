@@ -553,9 +553,13 @@ def _config_check(args: argparse.Namespace) -> int:
     issuers = build_issuers(settings.remediation, SystemClock(), str(path))
     deploy = build_targets(settings.remediation, str(path))
     load_remediation_policy(settings, path)
+    from certpilot.app import store_scans
+
+    stores = store_scans(settings, SystemClock(), os.environ, source=str(path))
     print(
         f"{path}: ok ({len(settings.targets.endpoints)} endpoints, "
-        f"{len(settings.targets.files)} file patterns, {len(issuers)} issuers, "
+        f"{len(settings.targets.files)} file patterns, {len(stores)} secrets stores, "
+        f"{len(issuers)} issuers, "
         f"{len(deploy)} deploy targets, store {settings.store.url}, "
         f"http {settings.http.host}:{settings.http.port})"
     )

@@ -360,9 +360,10 @@ def _x509_labels(item: InventoryItem) -> list[str]:
         *(subject[f] for f in _DN_FIELDS),
         *(issuer[f] for f in _DN_FIELDS),
         filepath,
-        "",  # secret_namespace: no Kubernetes secret source yet
-        "",  # secret_name
-        "",  # secret_key
+        # Kubernetes Secrets (scanner/k8s.py labels them with the exporter's names).
+        item.labels.get("secret_namespace", ""),
+        item.labels.get("secret_name", ""),
+        item.labels.get("secret_key", ""),
         item.source,
         endpoint_of(item.ref),
     ]

@@ -144,6 +144,10 @@ def _file_shorthand(value: Any) -> Any:
 class TargetSettings(_Model):
     endpoints: tuple[Annotated[EndpointSettings, BeforeValidator(_endpoint_shorthand)], ...] = ()
     files: tuple[Annotated[FileSettings, BeforeValidator(_file_shorthand)], ...] = ()
+    # Secrets stores, validated by their scanners (scanner/openbao.py, scanner/k8s.py) when
+    # the service or `config check` builds them: errors name targets.openbao[i].<field>.
+    openbao: tuple[dict[str, Any], ...] = ()
+    kubernetes: tuple[dict[str, Any], ...] = ()
 
 
 class DeploySettings(BaseModel):

@@ -14,39 +14,36 @@ stored on an object, logged or put in an error message.
 OpenBao specifics handled here:
 
 - Serials come as ``aa:bb:...`` hex pairs with leading zero bytes; certpilot uses lowercase
-  hex without leading zeros (``format(serial, "x")``): :func:`normalise_serial` and
-  :func:`colon_serial` convert both ways.
+  hex without leading zeros (``format(serial, "x")``): :func:`certpilot.openbao.normalise_serial`
+  and :func:`certpilot.openbao.colon_serial` convert both ways.
 - A role's ``max_ttl`` (or the CA's own ``notAfter``) can shorten the requested ``ttl``
   without an error: the issued lifetime is checked and a shortening is logged.
-- ``hvac`` drops response headers when it raises; :class:`_Adapter` keeps ``Retry-After`` so a
-  rate-limited call (HTTP 429 from a rate-limit quota) reports when to come back.
+- A rate-limited call (HTTP 429 from a rate-limit quota) reports when to come back
+  (``Retry-After``, kept by :mod:`certpilot.openbao`'s adapter).
 - OpenBao has no ARI and its revoke endpoint takes no reason code (RFC 5280 section 5.3.1):
   the reason is only logged.
 
-The connection part (:class:`Connection`, :func:`describe_failure`) is shared with
-:mod:`remediator.targets.openbao_kv`.
+The connection part (:class:`~certpilot.openbao.Connection`,
+:func:`~certpilot.openbao.describe_failure`) lives in :mod:`certpilot.openbao`, shared with
+:mod:`remediator.targets.openbao_kv` and the OpenBao scanner; its neutral
+:class:`~certpilot.openbao.OpenBaoError` becomes :class:`IssuerError` here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import ipaddress
 import logging
-import os
-import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from hvac import Client, adapters, exceptions  # type: ignore[import-untyped]
+from hvac import exceptions  # type: ignore[import-untyped]
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.remedy import (
@@ -55,6 +52,16 @@ from certpilot.domain.remedy import (
     IssuerError,
     RenewalWindow,
     RevocationReason,
+)
+from certpilot.openbao import (
+    DEFAULT_TOKEN_ENV,
+    Connection,
+    OpenBaoError,
+    colon_serial,
+    describe_failure,
+    normalise_serial,
+    parse_retry_after,
+    vault_detail,
 )
 from remediator.issuers._common import (
     PrivateKey,
@@ -69,238 +76,8 @@ from remediator.issuers._common import (
 
 log = logging.getLogger("certpilot.remediator.openbao_pki")
 
-DEFAULT_TOKEN_ENV = "BAO_TOKEN"  # noqa: S105 (a variable name, not a secret)
-
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-# -- connection (shared with remediator.targets.openbao_kv) -------------------------------------
-
-
-class OpenBaoCallError(Exception):
-    """An OpenBao call failed. ``message`` is one line without secrets; ``status`` is the HTTP
-    status when the server answered; ``retry_after`` the seconds it asked to wait (429/503)."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """Where OpenBao is and how to authenticate: the part of the config both OpenBao adapters
-    share. Holds the *name* of the token's environment variable (or its file), never a token.
-    """
-
-    url: str
-    token_env: str = DEFAULT_TOKEN_ENV
-    token_file: Path | None = None
-    namespace: str | None = None
-    ca_file: Path | None = None
-    timeout: float = 10.0
-
-    def token(self) -> str:
-        """The token, from ``token_file`` when set, else from ``$token_env``;
-        :class:`OpenBaoCallError` (naming where it looked, not what it found) otherwise."""
-        if self.token_file is not None:
-            try:
-                token = self.token_file.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise OpenBaoCallError(
-                    f"cannot read token_file {self.token_file}: {e.strerror or e}"
-                ) from None
-            if not token:
-                raise OpenBaoCallError(f"token_file {self.token_file} is empty")
-            return token
-        token = os.environ.get(self.token_env, "").strip()
-        if not token:
-            raise OpenBaoCallError(
-                f"no OpenBao token: set the environment variable {self.token_env} "
-                "(token_env) or token_file"
-            )
-        return token
-
-    @contextlib.contextmanager
-    def client(self) -> Iterator[Any]:
-        """An ``hvac.Client`` with its own HTTP session, closed afterwards (one per operation:
-        ``requests`` sessions are not meant to be shared between threads)."""
-        session = requests.Session()
-        # Set on the session because hvac prefers the session's value over its verify
-        # argument; a ca_file set here wins over VAULT_CACERT and REQUESTS_CA_BUNDLE.
-        session.verify = str(self.ca_file) if self.ca_file is not None else True
-        # Loopback needs no proxy; an HTTPS_PROXY without NO_PROXY would otherwise catch it.
-        host = urllib.parse.urlparse(self.url).hostname or ""
-        session.trust_env = not _is_loopback(host)
-        try:
-            # The token argument is always given: hvac falls back to VAULT_TOKEN and
-            # ~/.vault-token when it is None, which is not what the config says.
-            yield Client(
-                url=self.url,
-                token=self.token(),
-                namespace=self.namespace,
-                timeout=self.timeout,
-                session=session,
-                adapter=_Adapter,
-            )
-        finally:
-            session.close()
-
-    def check(self) -> None:
-        """``ValueError`` for a URL or timeout that cannot work (config validation)."""
-        parsed = urllib.parse.urlparse(self.url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
-        if parsed.username or parsed.password:
-            raise ValueError("url must not carry credentials (use token_env or token_file)")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if not self.token_env:
-            raise ValueError("token_env must name an environment variable")
-
-
-class _Adapter(adapters.JSONAdapter):  # type: ignore[misc]
-    """hvac's JSON adapter, keeping ``Retry-After`` on the exception it raises (hvac builds its
-    exceptions from the status and body only)."""
-
-    def _raise_for_error(self, method: str, url: str, response: requests.Response) -> None:
-        try:
-            super()._raise_for_error(method, url, response)
-        except exceptions.VaultError as e:
-            e.certpilot_retry_after = response.headers.get("Retry-After")
-            e.certpilot_status = response.status_code
-            raise
-
-
-def describe_failure(e: BaseException, *, now: datetime | None = None) -> OpenBaoCallError | None:
-    """One :class:`OpenBaoCallError` for a failed ``hvac``/``requests`` call; ``None`` for any
-    other exception (a bug: let it propagate). Messages carry the server's error text, never
-    the request headers (where the token is). ``now`` turns an HTTP-date ``Retry-After`` into
-    seconds (OpenBao itself sends seconds)."""
-    if isinstance(e, OpenBaoCallError):
-        return e
-    if isinstance(e, exceptions.VaultError):
-        status: int | None = getattr(e, "certpilot_status", None)
-        detail = _vault_detail(e)
-        retry_after = parse_retry_after(getattr(e, "certpilot_retry_after", None), now)
-        if isinstance(e, exceptions.Forbidden | exceptions.Unauthorized):
-            what = "permission denied (token)"
-            if detail and detail != "permission denied":
-                what = f"{what}: {detail}"
-            return OpenBaoCallError(what, status=status)
-        if isinstance(e, exceptions.RateLimitExceeded):
-            after = f" (retry after {retry_after:g}s)" if retry_after is not None else ""
-            return OpenBaoCallError(
-                f"rate limited (HTTP 429): {detail}{after}", status=429, retry_after=retry_after
-            )
-        if isinstance(e, exceptions.VaultDown):
-            if "sealed" in detail.lower():
-                return OpenBaoCallError(
-                    "OpenBao is sealed (HTTP 503)", status=503, retry_after=retry_after
-                )
-            return OpenBaoCallError(
-                f"OpenBao unavailable (HTTP 503): {detail}", status=503, retry_after=retry_after
-            )
-        if isinstance(e, exceptions.InvalidPath):
-            return OpenBaoCallError(f"not found (HTTP 404): {detail or 'no such path'}", status=404)
-        if isinstance(e, exceptions.InvalidRequest):
-            return OpenBaoCallError(f"refused (HTTP 400): {detail}", status=400)
-        return OpenBaoCallError(
-            f"{type(e).__name__} (HTTP {status or '?'}): {detail}", status=status
-        )
-    if isinstance(e, requests.exceptions.SSLError):
-        return OpenBaoCallError(f"TLS error: {_root_cause(e)}")
-    if isinstance(e, requests.exceptions.Timeout):
-        return OpenBaoCallError("unreachable: timed out")
-    if isinstance(e, requests.exceptions.ConnectionError):
-        return OpenBaoCallError(f"unreachable: {_root_cause(e)}")
-    if isinstance(e, requests.exceptions.RequestException):
-        return OpenBaoCallError(f"request failed: {type(e).__name__}: {one_line(e, 160)}")
-    return None
-
-
-def _vault_detail(e: Any) -> str:
-    errors = getattr(e, "errors", None)
-    if isinstance(errors, list) and errors:
-        return one_line("; ".join(str(x) for x in errors))
-    text = getattr(e, "text", None)
-    return one_line(text) if isinstance(text, str) else ""
-
-
-def parse_retry_after(value: str | None, now: datetime | None) -> float | None:
-    """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP-date (RFC 9110 section
-    10.2.3, needs ``now``); ``None`` when absent or unparseable, never negative."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    if now is None:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def _root_cause(e: BaseException) -> str:
-    """ "connection refused", "certificate verify failed", ... from urllib3's nested reasons."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ConnectionRefusedError):
-            return "connection refused"
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        if nxt is None and isinstance(getattr(cur, "reason", None), BaseException):
-            nxt = cur.reason  # type: ignore[attr-defined]
-        cur = nxt
-    lowered = str(e).lower()
-    for needle, short in (
-        ("connection refused", "connection refused"),
-        ("certificate verify failed", "certificate verify failed"),
-        ("name or service not known", "name does not resolve"),
-        ("timed out", "timed out"),
-    ):
-        if needle in lowered:
-            return short
-    return one_line(e, 160)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-# -- serials ------------------------------------------------------------------------------------
-
-
-def normalise_serial(serial: str) -> str:
-    """OpenBao's ``08:fa:29:...`` -> ``8fa29...`` (lowercase hex, no leading zeros, as
-    ``format(cert.serial_number, "x")``)."""
-    return format(int(serial.replace(":", "").replace("-", ""), 16), "x")
-
-
-def colon_serial(serial: int) -> str:
-    """The form OpenBao's ``revoke`` and ``cert/<serial>`` want: the serial's big-endian bytes
-    as lowercase hex pairs joined by ``:`` (Go's ``big.Int.Bytes()``, so no sign byte)."""
-    digits = format(serial, "x")
-    if len(digits) % 2:
-        digits = "0" + digits
-    return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -522,7 +299,7 @@ class OpenBaoPKIIssuer:
                     colon_serial(leaf.serial_number), mount_point=c.mount
                 )
             except exceptions.InvalidRequest as e:
-                if "not found" in _vault_detail(e).lower():
+                if "not found" in vault_detail(e).lower():
                     raise IssuerError(
                         self.name, f"cannot revoke serial {serial}: not issued by {c.mount}/"
                     ) from None
@@ -567,7 +344,7 @@ def from_config(name: str, options: Mapping[str, Any], clock: Clock) -> OpenBaoP
 __all__ = [
     "DEFAULT_TOKEN_ENV",
     "Connection",
-    "OpenBaoCallError",
+    "OpenBaoError",
     "OpenBaoPKIConfig",
     "OpenBaoPKIIssuer",
     "colon_serial",

@@ -20,7 +20,8 @@ the secret already restored (a resumed job) does nothing.
 key material never reaches a receipt, a log line or an error message.
 
 ``hvac`` is synchronous: each operation runs in a worker thread with a client of its own
-(:class:`remediator.issuers.openbao_pki.Connection`, shared with the PKI issuer).
+(:class:`certpilot.openbao.Connection`, shared with the PKI issuer and the OpenBao scanner);
+its neutral :class:`~certpilot.openbao.OpenBaoError` becomes :class:`DeployError` here.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hvac import exceptions  # type: ignore[import-untyped]
 from certpilot.domain.errors import ConfigError, UsageError
 from certpilot.domain.model import EndpointTarget
 from certpilot.domain.remedy import DeployError, DeployReceipt, IssuedCertificate
+from certpilot.openbao import DEFAULT_TOKEN_ENV, Connection, OpenBaoError, describe_failure
 from certpilot.targets import split_host_port
 from remediator.issuers._common import (
     chain_to_pem,
@@ -48,12 +50,6 @@ from remediator.issuers._common import (
     one_line,
 )
 from remediator.issuers._common import config_from_mapping as _dataclass_from_mapping
-from remediator.issuers.openbao_pki import (
-    DEFAULT_TOKEN_ENV,
-    Connection,
-    OpenBaoCallError,
-    describe_failure,
-)
 
 log = logging.getLogger("certpilot.remediator.openbao_kv")
 
@@ -287,7 +283,7 @@ class OpenBaoKVTarget:
             return None
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict):
-            raise OpenBaoCallError(f"unexpected metadata for {self._where}")
+            raise OpenBaoError(f"unexpected metadata for {self._where}")
         return data
 
     def _data(self, client: Any, version: int | None) -> dict[str, Any] | None:
@@ -320,7 +316,7 @@ class OpenBaoKVTarget:
             raise
         version = response.get("data", {}).get("version") if isinstance(response, dict) else None
         if not isinstance(version, int):
-            raise OpenBaoCallError(f"unexpected write response for {self._where}: no version")
+            raise OpenBaoError(f"unexpected write response for {self._where}: no version")
         return version
 
     @property
