@@ -12,6 +12,8 @@ The token is read from ``token_file`` or the environment variable named by ``tok
 client is made (a rotated token is picked up without a restart); it is never stored on an
 object, logged or put in an error message.
 
+``hvac`` is imported here only (import-linter enforces it): the adapters catch
+:data:`InvalidPath` / :data:`InvalidRequest` and call :func:`describe_failure` for the rest.
 ``requests`` itself is not imported here (import-linter keeps it in the remediator room):
 ``hvac`` owns the HTTP session, and transport failures are classified by walking the
 exception's causes down to the standard library's (``ssl.SSLError``, ``socket.gaierror``,
@@ -49,6 +51,8 @@ __all__ = [
     "DEFAULT_TOKEN_ENV",
     "FATAL_REASONS",
     "Connection",
+    "InvalidPath",
+    "InvalidRequest",
     "OpenBaoError",
     "colon_serial",
     "describe_failure",
@@ -79,6 +83,13 @@ ERROR = "error"
 
 FATAL_REASONS = frozenset({UNREACHABLE, TIMEOUT, TLS, DNS, SEALED, UNAVAILABLE})
 """Reasons that concern the server as a whole, not one path: nothing else will work either."""
+
+# hvac's exception types for the answers adapters handle themselves (a 404 taken as "absent",
+# a 400 they can explain): adapters catch these names and never import hvac (import-linter).
+InvalidPath: type[Exception] = exceptions.InvalidPath
+"""HTTP 404: no such path, secret or version (``vault_detail`` tells a missing route)."""
+InvalidRequest: type[Exception] = exceptions.InvalidRequest
+"""HTTP 400: the server understood and said no (``vault_detail`` says why)."""
 
 
 class OpenBaoError(CertpilotError):

@@ -64,6 +64,9 @@ the pod's service account (``KUBERNETES_SERVICE_HOST`` in ``env`` and the token 
 :data:`SERVICE_ACCOUNT_DIR`; the token file is re-read when the API server answers 401, so
 rotated tokens work), else the first file of ``$KUBECONFIG``, else ``~/.kube/config``. The
 service account needs ``list`` (and ``watch`` for :func:`watch_kubernetes`) on what it reads.
+Loading credentials, building the client and classifying API failures is
+:mod:`certpilot.kube`'s job (shared with the ``k8s_secret`` deploy target); this module turns
+its :class:`~certpilot.kube.KubeError` into observations.
 """
 
 from __future__ import annotations
@@ -72,10 +75,7 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
 import re
-import socket
-import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -88,28 +88,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx2
-import msgspec
-import yaml
-from lightkube import (
-    ALL_NS,
-    ApiError,
-    AsyncClient,
-    KubeConfig,
-    NotReadyError,
-    SingleConfig,
-    operators,
-)
-from lightkube import ConfigError as KubeConfigError
-from lightkube.config.models import Cluster, User
+from lightkube import ALL_NS, NotReadyError, operators
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.admissionregistration_v1 import (
     MutatingWebhookConfiguration,
@@ -118,6 +104,7 @@ from lightkube.resources.admissionregistration_v1 import (
 from lightkube.resources.apiregistration_v1 import APIService
 from lightkube.resources.core_v1 import ConfigMap, Secret
 
+from certpilot import kube
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertificateParseError, ConfigError
 from certpilot.domain.judge import DEFAULT_POLICY, JudgePolicy, judge_stored
@@ -146,8 +133,9 @@ SOURCE = "k8s"
 KINDS: tuple[str, ...] = ("tls_secrets", "opaque_secrets", "configmaps", "webhooks", "apiservices")
 DEFAULT_OWNER_LABELS: tuple[str, ...] = ("owner", "team", "app.kubernetes.io/part-of")
 DEFAULT_OWNER_ANNOTATIONS: tuple[str, ...] = ("certpilot.io/owner",)
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-"""Where a pod finds its service account's token, CA and namespace."""
+SERVICE_ACCOUNT_DIR = kube.SERVICE_ACCOUNT_DIR
+"""Where a pod finds its service account's token, CA and namespace (read at each connection,
+so it can be pointed elsewhere)."""
 
 TLS_TYPE = "kubernetes.io/tls"
 OPAQUE_TYPE = "Opaque"
@@ -802,90 +790,43 @@ class _Gone(Exception):
     """410: the resourceVersion to watch from is too old; list again."""
 
 
-def _load_config(source: KubernetesSource, env: Mapping[str, str]) -> SingleConfig:
-    """The cluster and credentials to use (see the module docstring)."""
-    if source.kubeconfig is not None:
-        origin = str(source.kubeconfig)
-    elif env.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT_DIR / "token").is_file():
-        origin = f"service account {SERVICE_ACCOUNT_DIR}"
-    else:
-        listed = [p for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
-        home = env.get("HOME")
-        default = Path(home, ".kube", "config") if home else Path("~/.kube/config").expanduser()
-        origin = listed[0] if listed else str(default)
-    try:
-        if source.kubeconfig is not None or not origin.startswith("service account"):
-            kube = KubeConfig.from_file(source.kubeconfig or origin)
-        else:
-            kube = _service_account(env)
-        single = kube.get(source.context)
-    except (KubeConfigError, OSError, yaml.YAMLError, ValueError, TypeError, KeyError) as e:
-        detail = _one_line(str(e)) or type(e).__name__
-        raise _Unavailable(
-            ProblemCode.UNREADABLE, f"kubeconfig {origin}: {detail}", whole=True
-        ) from e
-    if single is None or single.user is None:
-        context = source.context or "current-context"
-        raise _Unavailable(
-            ProblemCode.UNREADABLE,
-            f"kubeconfig {origin}: context {context} has no user",
-            whole=True,
-        )
-    return single
-
-
-def _service_account(env: Mapping[str, str]) -> KubeConfig:
-    """In-cluster configuration from ``env`` (not ``os.environ``): lightkube's
-    ``from_service_account``, with the token as a file so that a rotated one is re-read."""
-    host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
-    if ":" in host:
-        host = f"[{host}]"
-    ns_file = SERVICE_ACCOUNT_DIR / "namespace"
-    namespace = ns_file.read_text().strip() if ns_file.is_file() else None
-    return KubeConfig.from_one(
-        cluster=Cluster(
-            server=f"https://{host}:{port}",
-            certificate_auth=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
-        ),
-        user=User(token_file=str(SERVICE_ACCOUNT_DIR / "token")),
-        namespace=namespace,
-    )
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without user-info (``https://user:pass@host`` must not reach a message)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable URL)"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+_REASON_CODES: Mapping[str, ProblemCode] = MappingProxyType(
+    {
+        kube.TIMEOUT: ProblemCode.TIMEOUT,
+        kube.REFUSED: ProblemCode.CONNECTION_REFUSED,
+        kube.DNS: ProblemCode.DNS_ERROR,
+        kube.TLS: ProblemCode.TLS_ERROR,
+    }
+)
+"""Problem codes of the whole-source failures that have one; the others are ``unreadable``."""
 
 
 class _Session:
-    """One lightkube client and the translation of its failures into :class:`_Unavailable`."""
+    """One connection (:class:`certpilot.kube.Session`) and the translation of its failures
+    into :class:`_Unavailable` / :class:`_Gone`."""
 
-    def __init__(self, source: KubernetesSource, client: AsyncClient, url: str) -> None:
+    def __init__(self, source: KubernetesSource, session: kube.Session) -> None:
         self.source = source
-        self.client = client
-        self.url = url
+        self.client = session.client
+        self.session = session
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, source: KubernetesSource, env: Mapping[str, str]
     ) -> AsyncIterator[_Session]:
-        single = _load_config(source, env)
-        try:
-            client = AsyncClient(single, timeout=httpx2.Timeout(source.timeout))
-        except (KubeConfigError, OSError, ValueError) as e:
-            # A missing certificate-authority file, an unsupported auth provider ...
-            raise _Unavailable(
-                ProblemCode.UNREADABLE, f"Kubernetes client: {_one_line(str(e))}", whole=True
-            ) from e
-        try:
-            yield cls(source, client, _safe_url(single.cluster.server))
-        finally:
-            await client.close()
+        connection = kube.Connection(
+            kubeconfig=source.kubeconfig,
+            context=source.context,
+            timeout=source.timeout,
+            service_account_dir=SERVICE_ACCOUNT_DIR,  # read now: tests point it elsewhere
+        )
+        async with AsyncExitStack() as stack:
+            try:
+                session = await stack.enter_async_context(connection.session(env))
+            except kube.KubeError as e:  # kubeconfig or client unusable
+                raise _Unavailable(ProblemCode.UNREADABLE, e.message, whole=True) from e
+            yield cls(source, session)
 
     def selectors(self, feed: _Feed) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -899,88 +840,21 @@ class _Session:
 
     def failure(self, e: BaseException, feed: _Feed, verb: str) -> _Unavailable | _Gone | None:
         """What ``e`` means for ``feed``; ``None`` when it is not an API failure (a bug)."""
-        if isinstance(e, ApiError):
-            status = e.status
-            code = status.code or (e.response.status_code if e.response is not None else 0)
-            return self._status(feed, verb, code, status.reason or "", status.message or "")
-        if isinstance(e, httpx2.HTTPStatusError):  # no JSON Status (a proxy, a watch start)
-            return self._status(feed, verb, e.response.status_code, e.response.reason_phrase, "")
-        if isinstance(e, KeyError) and isinstance(e.__context__, httpx2.HTTPStatusError):
-            # lightkube reads the Content-Type of an error response unguarded: an error
-            # without that header surfaces as KeyError raised while handling HTTPStatusError.
-            response = e.__context__.response
-            return self._status(feed, verb, response.status_code, response.reason_phrase, "")
-        if isinstance(e, httpx2.TimeoutException):
-            return _Unavailable(
-                ProblemCode.TIMEOUT,
-                f"no answer from the API server at {self.url} within {self.source.timeout:g}s "
-                f"({type(e).__name__})",
-                whole=True,
-            )
-        if isinstance(e, httpx2.ConnectError):
-            return _Unavailable(_connect_code(e), self._unreachable(e), whole=True)
-        if isinstance(e, httpx2.TransportError):
-            return _Unavailable(ProblemCode.UNREADABLE, self._unreachable(e), whole=True)
-        if isinstance(e, KubeConfigError):  # a token file that went away
-            return _Unavailable(
-                ProblemCode.UNREADABLE, f"Kubernetes credentials: {_one_line(str(e))}", whole=True
-            )
-        if isinstance(e, msgspec.DecodeError | msgspec.ValidationError):
-            return _Unavailable(
-                ProblemCode.UNREADABLE,
-                f"{verb} {feed.plural} {feed.where()}: unexpected answer from the API server at "
-                f"{self.url}: {_one_line(str(e))}",
-                whole=False,
-            )
-        return None
-
-    def _unreachable(self, e: BaseException) -> str:
-        return f"cannot reach the API server at {self.url}: {_one_line(str(e)) or type(e).__name__}"
-
-    def _status(
-        self, feed: _Feed, verb: str, code: int, reason: str, message: str
-    ) -> _Unavailable | _Gone:
-        detail = f": {message}" if message else ""
-        if code == 410:
+        failure = self.session.failure(e)
+        if failure is None:
+            return None
+        if failure.reason == kube.GONE:
             return _Gone()
-        if code == 401:
-            return _Unavailable(
-                ProblemCode.UNREADABLE,
-                f"the API server at {self.url} rejected the credentials (401 Unauthorized): the "
-                "token is missing, expired or wrong",
-                whole=True,
-            )
-        if code == 403:
-            return _Unavailable(
-                ProblemCode.UNREADABLE,
-                f"permission denied to {verb} {feed.plural} {feed.where()} (RBAC: grant list "
-                f"and watch){detail}",
-                whole=False,
-            )
-        return _Unavailable(
-            ProblemCode.UNREADABLE,
-            f"{verb} {feed.plural} {feed.where()}: {code} {reason}".rstrip() + detail,
-            whole=False,
-        )
-
-
-def _connect_code(e: BaseException) -> ProblemCode:
-    """connection_refused, or dns_error / tls_error when the cause says so."""
-    seen: set[int] = set()
-    cause: BaseException | None = e
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLError):
-            return ProblemCode.TLS_ERROR
-        if isinstance(cause, socket.gaierror):
-            return ProblemCode.DNS_ERROR
-        cause = cause.__cause__ or cause.__context__
-    text = str(e)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
-        return ProblemCode.TLS_ERROR
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return ProblemCode.DNS_ERROR
-    return ProblemCode.CONNECTION_REFUSED
+        if failure.fatal:
+            code = _REASON_CODES.get(failure.reason, ProblemCode.UNREADABLE)
+            return _Unavailable(code, failure.message, whole=True)
+        what = f"{feed.plural} {feed.where()}"
+        if failure.reason == kube.FORBIDDEN:
+            detail = f": {failure.detail}" if failure.detail else ""
+            message = f"permission denied to {verb} {what} (RBAC: grant list and watch){detail}"
+        else:
+            message = f"{verb} {what}: {failure.message}"
+        return _Unavailable(ProblemCode.UNREADABLE, message, whole=False)
 
 
 class _Budget:

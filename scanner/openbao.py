@@ -90,7 +90,6 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
-from hvac import exceptions  # type: ignore[import-untyped]
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertificateParseError, ConfigError
@@ -108,6 +107,7 @@ from certpilot.openbao import (
     TLS,
     UNREACHABLE,
     Connection,
+    InvalidPath,
     OpenBaoError,
     describe_failure,
     login_approle,
@@ -618,7 +618,7 @@ class _Reader:
         def call() -> Any:
             try:
                 return self.client.adapter.get(f"/v1/{_quote(api_path)}")
-            except exceptions.InvalidPath:
+            except InvalidPath:
                 return None
 
         return self._retrying(call)
@@ -631,7 +631,7 @@ class _Reader:
         def call() -> Any:
             try:
                 return self.client.adapter.list(f"/v1/{_quote(api_path)}")
-            except exceptions.InvalidPath as e:
+            except InvalidPath as e:
                 if vault_detail(e):
                     raise
                 return None

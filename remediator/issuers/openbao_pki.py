@@ -43,7 +43,6 @@ from typing import Any, ParamSpec, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from hvac import exceptions  # type: ignore[import-untyped]
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.remedy import (
@@ -56,6 +55,7 @@ from certpilot.domain.remedy import (
 from certpilot.openbao import (
     DEFAULT_TOKEN_ENV,
     Connection,
+    InvalidRequest,
     OpenBaoError,
     colon_serial,
     describe_failure,
@@ -298,7 +298,7 @@ class OpenBaoPKIIssuer:
                 client.secrets.pki.revoke_certificate(
                     colon_serial(leaf.serial_number), mount_point=c.mount
                 )
-            except exceptions.InvalidRequest as e:
+            except InvalidRequest as e:
                 if "not found" in vault_detail(e).lower():
                     raise IssuerError(
                         self.name, f"cannot revoke serial {serial}: not issued by {c.mount}/"

@@ -34,8 +34,10 @@ asynchronously) is checked afterwards by the remediator, which re-probes
 
 Credentials come from a kubeconfig file (``kubeconfig`` + ``context``) or, when none is
 configured, from the environment as in-cluster clients find them: the pod's service account,
-then ``$KUBECONFIG``, then ``~/.kube/config`` (lightkube's ``KubeConfig.from_env``). The token
-and the key never appear in messages, logs, receipts or reprs.
+then ``$KUBECONFIG``, then ``~/.kube/config``. Loading them, building the client and classifying
+API failures is :mod:`certpilot.kube`'s job (shared with the Kubernetes scanner); this module
+only words the failures for the Secret it writes. The token and the key never appear in
+messages, logs, receipts or reprs.
 """
 
 from __future__ import annotations
@@ -47,23 +49,19 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TypeVar
 
-import httpx2
 import msgspec
-import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from lightkube import ApiError, AsyncClient, KubeConfig, SingleConfig
-from lightkube import ConfigError as KubeConfigError
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import Secret
 
+from certpilot import kube
 from certpilot.domain.model import EndpointTarget
 from certpilot.domain.remedy import DeployError, DeployReceipt, IssuedCertificate
 from remediator.issuers._common import chain_to_pem, describe, load_pem_chain, one_line
@@ -540,58 +538,32 @@ class K8sSecretTarget:
 
     @asynccontextmanager
     async def _session(self, step: str) -> AsyncIterator[_Api]:
-        """A lightkube client for one operation, closed afterwards. Built per operation so a
-        rotated token or edited kubeconfig is read again, and nothing outlives its loop."""
-        single = self._load_config(step)
+        """A client for one operation, closed afterwards. Built per operation so a rotated
+        token or edited kubeconfig is read again, and nothing outlives its loop."""
         c = self.config
-        try:
-            client = AsyncClient(
-                single,
-                namespace=c.namespace,
-                timeout=httpx2.Timeout(c.timeout),
-                field_manager=c.field_manager,
-            )
-        except (KubeConfigError, OSError, ValueError) as e:
-            # A missing certificate-authority file, an unsupported auth provider ...
-            raise DeployError(self.name, step, f"Kubernetes client: {one_line(e)}") from e
-        try:
-            yield _Api(self.name, c, client, _safe_url(single.cluster.server))
-        finally:
-            await client.close()
-
-    def _load_config(self, step: str) -> SingleConfig:
-        c = self.config
-        origin = str(c.kubeconfig) if c.kubeconfig is not None else "in-cluster/KUBECONFIG"
-        try:
-            if c.kubeconfig is not None:
-                kube = KubeConfig.from_file(c.kubeconfig)
-            else:
-                kube = KubeConfig.from_env()
-            single = kube.get(c.context)
-        except KeyError as e:  # from_service_account: KUBERNETES_SERVICE_HOST/PORT unset
-            raise DeployError(
-                self.name, step, f"kubeconfig {origin}: environment variable {e} is not set"
-            ) from e
-        except (KubeConfigError, OSError, yaml.YAMLError, ValueError, TypeError) as e:
-            raise DeployError(self.name, step, f"kubeconfig {origin}: {one_line(e)}") from e
-        if single is None or single.user is None:
-            context = c.context or "current-context"
-            raise DeployError(
-                self.name, step, f"kubeconfig {origin}: context {context} has no user"
-            )
-        return single
+        connection = kube.Connection(
+            kubeconfig=c.kubeconfig,
+            context=c.context,
+            timeout=c.timeout,
+            namespace=c.namespace,
+            field_manager=c.field_manager,
+        )
+        async with AsyncExitStack() as stack:
+            try:
+                session = await stack.enter_async_context(connection.session())
+            except kube.KubeError as e:  # kubeconfig or client unusable
+                raise DeployError(self.name, step, e.message) from e
+            yield _Api(self.name, c, session)
 
 
 class _Api:
     """Calls for one operation; every failure becomes a one-line :class:`DeployError`."""
 
-    def __init__(
-        self, target: str, config: K8sSecretTargetConfig, client: AsyncClient, url: str
-    ) -> None:
+    def __init__(self, target: str, config: K8sSecretTargetConfig, session: kube.Session) -> None:
         self.target = target
         self.config = config
-        self.client = client
-        self.url = url
+        self.session = session
+        self.client = session.client
 
     async def get(self, name: str, step: str) -> Secret | None:
         """The Secret ``name``, ``None`` when it does not exist."""
@@ -615,70 +587,28 @@ class _Api:
         is :class:`_NotFound`; a 409 is ``DeployError(step, conflict)`` when given."""
         try:
             return await request
-        except ApiError as e:
-            status = e.status
-            code = status.code or e.response.status_code
-            if code == 404 and verb == "get":
+        except Exception as e:
+            failure = self.session.failure(e)
+            if failure is None:
+                raise  # a bug, not the API server
+            if failure.status == 404 and verb == "get":
                 raise _NotFound from e
-            if code == 409 and conflict is not None:
+            if failure.status == 409 and conflict is not None:
                 raise DeployError(self.target, step, conflict) from e
-            self._fail(step, verb, name, code, status.reason or "", status.message or "", e)
-        except httpx2.HTTPStatusError as e:  # an error without a JSON Status (a proxy?)
-            code = e.response.status_code
-            self._fail(step, verb, name, code, e.response.reason_phrase, "", e)
-        except httpx2.TimeoutException as e:
-            raise DeployError(
-                self.target,
-                step,
-                f"no answer from the API server at {self.url} within "
-                f"{self.config.timeout:g}s ({type(e).__name__})",
-            ) from e
-        except httpx2.TransportError as e:
-            raise DeployError(
-                self.target,
-                step,
-                f"cannot reach the API server at {self.url}: {one_line(e) or type(e).__name__}",
-            ) from e
-        except KubeConfigError as e:  # a token file that went away
-            raise DeployError(self.target, step, f"Kubernetes credentials: {one_line(e)}") from e
-        except msgspec.DecodeError as e:
-            raise DeployError(
-                self.target, step, f"unexpected answer from the API server at {self.url}: {e}"
-            ) from e
-        except KeyError as e:
-            # lightkube reads the Content-Type of an error response unguarded: an error
-            # without that header surfaces as KeyError raised while handling HTTPStatusError.
-            ctx = e.__context__
-            if not isinstance(ctx, httpx2.HTTPStatusError):
-                raise
-            code = ctx.response.status_code
-            self._fail(step, verb, name, code, ctx.response.reason_phrase, "", e)
+            raise DeployError(self.target, step, self._message(failure, verb, name)) from e
 
-    def _fail(
-        self,
-        step: str,
-        verb: str,
-        name: str,
-        code: int,
-        reason: str,
-        message: str,
-        cause: BaseException,
-    ) -> NoReturn:
+    def _message(self, failure: kube.KubeError, verb: str, name: str) -> str:
+        """``failure`` worded for Secret ``name`` (the status-level ones name the object)."""
+        if failure.status is None or failure.status == 401:
+            return failure.message
         ns = self.config.namespace
-        detail = f": {one_line(message)}" if message else ""
-        if code == 401:
-            text = (
-                f"the API server at {self.url} rejected the credentials (401 Unauthorized): "
-                "the token is missing, expired or wrong"
-            )
-        elif code == 403:
-            text = (
+        detail = f": {failure.detail}" if failure.detail else ""
+        if failure.status == 403:
+            return (
                 f"permission denied to {verb} Secret {ns}/{name} (check the service account's "
                 f"RBAC: get/create/update/delete secrets in {ns}){detail}"
             )
-        else:
-            text = f"{verb} Secret {ns}/{name}: {code} {reason}".rstrip() + detail
-        raise DeployError(self.target, step, text) from cause
+        return f"{verb} Secret {ns}/{name}: {failure.status} {failure.phrase}".rstrip() + detail
 
 
 class _NotFound(Exception):
@@ -709,16 +639,6 @@ def _held(data: Mapping[str, str]) -> IssuedCertificate | None:
     if b"PRIVATE KEY-----" not in key_pem:
         return None
     return describe(chain, key_pem, issuer_name="")
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without user-info (``https://user:pass@host`` must not reach a message)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable URL)"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 # -- configuration -----------------------------------------------------------------------------

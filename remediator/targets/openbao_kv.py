@@ -36,12 +36,18 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from hvac import exceptions  # type: ignore[import-untyped]
 
 from certpilot.domain.errors import ConfigError, UsageError
 from certpilot.domain.model import EndpointTarget
 from certpilot.domain.remedy import DeployError, DeployReceipt, IssuedCertificate
-from certpilot.openbao import DEFAULT_TOKEN_ENV, Connection, OpenBaoError, describe_failure
+from certpilot.openbao import (
+    DEFAULT_TOKEN_ENV,
+    Connection,
+    InvalidPath,
+    InvalidRequest,
+    OpenBaoError,
+    describe_failure,
+)
 from certpilot.targets import split_host_port
 from remediator.issuers._common import (
     chain_to_pem,
@@ -279,7 +285,7 @@ class OpenBaoKVTarget:
             response = client.secrets.kv.v2.read_secret_metadata(
                 self.config.path, mount_point=self.config.mount
             )
-        except exceptions.InvalidPath:
+        except InvalidPath:
             return None
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict):
@@ -296,7 +302,7 @@ class OpenBaoKVTarget:
                 mount_point=self.config.mount,
                 raise_on_deleted_version=False,
             )
-        except exceptions.InvalidPath:
+        except InvalidPath:
             return None  # no such secret or version, or destroyed
         body = response.get("data") if isinstance(response, dict) else None
         data = body.get("data") if isinstance(body, dict) else None
@@ -307,8 +313,8 @@ class OpenBaoKVTarget:
             response = client.secrets.kv.v2.create_or_update_secret(
                 self.config.path, dict(data), cas=cas, mount_point=self.config.mount
             )
-        except exceptions.InvalidRequest as e:
-            if _CAS_MISMATCH in " ".join(str(x) for x in (e.errors or [])):
+        except InvalidRequest as e:
+            if _CAS_MISMATCH in " ".join(str(x) for x in (getattr(e, "errors", None) or [])):
                 raise _Conflict(
                     f"{self._where}: version changed since it was read (version {cas}); "
                     "another writer got there first"
