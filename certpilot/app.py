@@ -83,9 +83,13 @@ async def scan_and_record(
     default_owner: str | None = None,
     crl_cache: CRLCache | None = None,
     stores: Sequence[StoreScan] = (),
+    watched: Callable[[], Sequence[Observation]] | None = None,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
-    certpilot issued), store (one transaction), SLI events, update metrics."""
+    certpilot issued), store (one transaction), SLI events, update metrics.
+
+    ``watched`` gives what the store watches currently see (:class:`WatchedStores`): endpoints
+    are reconciled against it too, but it is not recorded (the watches record it)."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
@@ -93,7 +97,10 @@ async def scan_and_record(
         scanned += await store()
     if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
         scanned = await crl_cache.check_all(scanned, clock.now())
-    observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
+    owned = assign_owners(scanned, owners, default_owner)
+    context = list(watched()) if watched is not None else []
+    # reconcile() returns its input in order, one for one: the scanned ones come first.
+    observations = reconcile([*owned, *context], issued=issued)[: len(owned)]
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
@@ -105,7 +112,7 @@ async def scan_and_record(
         if crl_cache is not None:
             metrics.observe_crls(crl_cache.status(clock.now()), crl_cache.error_counts)
         by_source: dict[str, list[Observation]] = {}
-        for o in observations:
+        for o in (*observations, *context):  # the watched stores' health too (source_up)
             by_source.setdefault(o.source, []).append(o)
         for kind in {"tls", "file"} | set(by_source):
             metrics.observe_scan(kind, by_source.get(kind, []), duration)
@@ -154,10 +161,13 @@ def store_scans(
     *,
     source: str = "config",
     metrics: Metrics | None = None,
+    skip_watched: bool = False,
 ) -> list[StoreScan]:
     """One scan per configured secrets store (``targets.openbao``, ``targets.kubernetes``);
     :class:`ConfigError` names ``targets.openbao[i].<field>`` for bad options. OpenBao PKI
-    mounts' CRL freshness goes to ``certpilot_crl_*``."""
+    mounts' CRL freshness goes to ``certpilot_crl_*``. ``skip_watched``: leave out the
+    Kubernetes sources with ``watch: true`` (the service follows them with
+    :func:`watch_stores` instead of listing them every cycle)."""
     from scanner.k8s import KubernetesSource, scan_kubernetes
     from scanner.openbao import OpenBaoSource, scan_openbao
 
@@ -179,12 +189,104 @@ def store_scans(
         out.append(scan_bao)
     for i, data in enumerate(settings.targets.kubernetes):
         kube = KubernetesSource.from_mapping(data, source=source, field=f"targets.kubernetes[{i}]")
+        if skip_watched and kube.watch:
+            continue
 
         async def scan_kube(kube: KubernetesSource = kube) -> list[Observation]:
             return await scan_kubernetes(kube, clock, policy=policy, env=env)
 
         out.append(scan_kube)
     return out
+
+
+class WatchedStores:
+    """What the Kubernetes watches (``targets.kubernetes[i].watch: true``) currently see, by
+    ref: kept by :func:`watch_stores`, read by each scan cycle (``scan_and_record(watched=)``)
+    to reconcile the endpoints against without listing the clusters again."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, Observation] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def snapshot(self) -> list[Observation]:
+        return list(self.current.values())
+
+    def apply(self, observations: Sequence[Observation], removed: Sequence[str]) -> None:
+        for o in observations:
+            self.current[o.ref] = o
+        for ref in removed:
+            self.current.pop(ref, None)
+
+
+def watch_stores(
+    stack: AsyncExitStack,
+    settings: Settings,
+    clock: Clock,
+    env: Mapping[str, str],
+    inventory: Inventory,
+    *,
+    on_recorded: Callable[[], Awaitable[None]],
+    source: str = "config",
+    crl_cache: CRLCache | None = None,
+) -> WatchedStores:
+    """Follow every Kubernetes source with ``watch: true`` (LIST, then WATCH: see
+    :func:`scanner.k8s.watch_kubernetes`) in background tasks, until ``stack`` closes.
+
+    Each change goes the way a scan's observations go (CRL check, owners), then into the
+    inventory: ``record`` the observations, ``remove`` the refs gone. ``on_recorded`` runs
+    after a change that made inventory events (plan renewals, page). A change that cannot be
+    recorded is logged and the watch goes on.
+    """
+    from scanner.k8s import KubernetesSource, watch_kubernetes
+
+    policy = settings.judge.policy()
+    owners = owner_rules(settings)
+    watched = WatchedStores()
+    halt = asyncio.Event()
+
+    async def on_change(observations: list[Observation], removed: list[str]) -> None:
+        try:
+            if crl_cache is not None and observations:
+                observations = await crl_cache.check_all(observations, clock.now())
+            # No reconcile() here: it adds problems to served endpoints only, and a watch
+            # reports stored certificates. The next scan cycle reconciles the endpoints
+            # against what the watches see (WatchedStores.snapshot).
+            observations = assign_owners(observations, owners, settings.ownership.default)
+            watched.apply(observations, removed)
+            events = await asyncio.to_thread(inventory.record, observations, now=clock.now())
+            if removed:
+                events += await asyncio.to_thread(inventory.remove, removed, now=clock.now())
+        except Exception:
+            log.exception("recording a kubernetes change failed")
+            return
+        if events:
+            await on_recorded()
+
+    async def follow(kube: KubernetesSource) -> None:
+        try:
+            await watch_kubernetes(
+                kube, clock, policy=policy, env=env, on_change=on_change, stop=halt
+            )
+        except Exception:  # on_change never raises: a bug, but not the whole service's end
+            log.exception("the watch of kubernetes %s ended", kube.name)
+
+    for i, data in enumerate(settings.targets.kubernetes):
+        kube = KubernetesSource.from_mapping(data, source=source, field=f"targets.kubernetes[{i}]")
+        if kube.watch:
+            watched.tasks.append(asyncio.create_task(follow(kube), name=f"watch-{kube.name}"))
+
+    async def stop_watching() -> None:
+        # Watches return promptly once halted (a change being recorded is finished first);
+        # cancelled only if one does not.
+        halt.set()
+        if watched.tasks:
+            _, late = await asyncio.wait(watched.tasks, timeout=10.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*watched.tasks, return_exceptions=True)
+
+    stack.push_async_callback(stop_watching)
+    return watched
 
 
 def owner_rules(settings: Settings) -> list[OwnerRule]:
@@ -317,6 +419,26 @@ class Service:
                 self.env,
                 source=str(self.config_path or "config"),
                 metrics=metrics,
+                skip_watched=True,
+            )
+
+            async def inventory_changed() -> None:
+                wake.set()  # new inventory: plan renewals
+                if slack is not None:
+                    try:
+                        await slack.on_scan()
+                    except Exception:
+                        log.exception("paging after an inventory change failed")
+
+            watched = watch_stores(
+                stack,
+                self.settings,
+                self.clock,
+                self.env,
+                inventory,
+                on_recorded=inventory_changed,
+                source=str(self.config_path or "config"),
+                crl_cache=crl_cache,
             )
 
             async def cycle() -> None:
@@ -338,17 +460,13 @@ class Service:
                             default_owner=self.settings.ownership.default,
                             crl_cache=crl_cache,
                             stores=stores,
+                            watched=watched.snapshot,
                         )
                     except Exception:
                         log.exception("scan cycle failed")
                         return
                     self.ready = True
-                    wake.set()  # new inventory: plan renewals
-                    if slack is not None:
-                        try:
-                            await slack.on_scan()
-                        except Exception:
-                            log.exception("paging after the scan failed")
+                    await inventory_changed()
                     counts = Counter(c.value for o in res.observations for c in o.codes)
                     log.info(
                         "scanned %d items in %.1fs: %d events; problems %s",
@@ -452,4 +570,12 @@ class Service:
             wake.clear()
 
 
-__all__ = ["ScanResult", "Service", "scan_and_record", "scan_options", "scan_targets"]
+__all__ = [
+    "ScanResult",
+    "Service",
+    "WatchedStores",
+    "scan_and_record",
+    "scan_options",
+    "scan_targets",
+    "watch_stores",
+]

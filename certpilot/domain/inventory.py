@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     PROBLEM_RAISED = "problem_raised"
     PROBLEM_CLEARED = "problem_cleared"
     LOCATION_ADDED = "location_added"  # a location scanned for the first time
+    LOCATION_REMOVED = "location_removed"  # a location forgotten (gone from its source)
 
 
 @dataclass(frozen=True, slots=True)

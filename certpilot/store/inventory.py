@@ -533,6 +533,21 @@ class Inventory(engines.EngineBacked):
         self._close_sightings = _Bulk(close, engine, ("b_seen", "b_ref", "b_fp"))
         self._insert_events = _Bulk(insert(EVENT), engine, _EVENT_COLUMNS)
 
+        # remove(): a certificate keeps, as its own last_seen, the last scan of a removed
+        # location that presented it (the sighting that said so goes with the location).
+        self._keep_cert_seen = _Bulk(
+            update(CERTIFICATE)
+            .where(c.fingerprint_sha256 == bindparam("b_fp"), c.last_seen < bindparam("b_after"))
+            .values(last_seen=bindparam("b_seen")),
+            engine,
+            ("b_seen", "b_fp", "b_after"),
+        )
+        # Children first: sighting and location_scan rows name their location (foreign keys).
+        self._delete_location = [
+            _Bulk(table.delete().where(table.c.ref == bindparam("b_ref")), engine, ("b_ref",))
+            for table in (SIGHTING, LOCATION_SCAN, LOCATION)
+        ]
+
     # ----------------------------------------------------------------------------- lifecycle
 
     @classmethod
@@ -679,6 +694,64 @@ class Inventory(engines.EngineBacked):
             self._touch_scans.run(conn, _sorted(plan.steady_rows, -1))
             self._upsert_sightings.run(conn, _sorted(plan.started, 0, 1))
             self._close_sightings.run(conn, _sorted(plan.stopped, 1, 2))
+            return self._write_events(conn, drafts, at)
+
+    def remove(
+        self, refs: Sequence[str], *, now: datetime, run_id: int | None = None
+    ) -> list[Event]:
+        """Forget the locations ``refs`` in one transaction and return their events.
+
+        Contract:
+
+        * All or nothing, like :meth:`record` (and serialised with it on PostgreSQL).
+        * Each stored location among ``refs`` is deleted with its scan row and its sightings;
+          refs not stored are ignored, a ref given twice counts once.
+        * One ``location_removed`` event per removed location, in the order of ``refs``,
+          stamped ``now``, with the certificate the location held then (``None`` when its
+          last scan found none). Events and certificates outlive the location: a certificate
+          it presented keeps, as its last presentation (:meth:`certificate_seen`), the
+          location's last scan, as when a location stops presenting a certificate in
+          :meth:`record`.
+        * Recording the ref again later adds it back as a new location (``location_added``).
+
+        ``run_id``: the scan run that found the locations gone, if any. Events carry no run,
+        so it is accepted for symmetry with :meth:`record` and not stored.
+        """
+        del run_id  # see the docstring: nothing to link it to once the location is gone
+        require_aware(now, "now")
+        at = now.astimezone(UTC)
+        wanted = list(dict.fromkeys(refs))
+        if not wanted:
+            return []
+        with self._write() as conn:
+            if self._dialect == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(_PG_RECORD_LOCK)))
+            prior = self._prior_locations(conn, wanted)
+            gone = [ref for ref in wanted if ref in prior]
+            if not gone:
+                return []
+            # The sightings of these locations end at their last scan, the last one that
+            # presented the certificates (values straight from the database, as record()
+            # closes sightings with them).
+            seen: dict[str, Any] = {}
+            for ref in gone:
+                p = prior[ref]
+                for fp in chain_fingerprints(p.chain_json):
+                    if fp not in seen or p.last_scanned > seen[fp]:
+                        seen[fp] = p.last_scanned
+            self._keep_cert_seen.run(conn, _sorted([(t, fp, t) for fp, t in seen.items()], 1))
+            keys = _sorted([(ref,) for ref in gone], 0)
+            for delete in self._delete_location:
+                delete.run(conn, keys)
+            drafts = [
+                EventDraft(
+                    EventKind.LOCATION_REMOVED,
+                    ref,
+                    prior[ref].fingerprint,
+                    detail=f"{prior[ref].source} location removed",
+                )
+                for ref in gone
+            ]
             return self._write_events(conn, drafts, at)
 
     def _plan(

@@ -795,6 +795,7 @@ def test_bulk_record_of_2000_locations(
         EventKind.PROBLEM_RAISED: n // 10,
         EventKind.PROBLEM_CLEARED: 0,
         EventKind.NEW_CERTIFICATE: 0,
+        EventKind.LOCATION_REMOVED: 0,
     }
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert inv.certificate_count() == n + 1
@@ -818,6 +819,7 @@ def test_bulk_record_of_2000_locations(
         EventKind.PROBLEM_RAISED: 0,
         EventKind.PROBLEM_CLEARED: n // 10,
         EventKind.NEW_CERTIFICATE: n // 10,
+        EventKind.LOCATION_REMOVED: 0,
     }
     assert inv.certificate_count() == n + 1 + n // 10
     assert inv.items(now=NOW, problem=ProblemCode.EXPIRING) == []
