@@ -88,20 +88,26 @@ async def scan_and_record(
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics.
 
-    ``watched`` gives what the store watches currently see (:class:`WatchedStores`): endpoints
-    are reconciled against it too, but it is not recorded (the watches record it)."""
+    ``watched`` gives what the store watches currently see (:class:`WatchedStores`): recorded
+    with the rest each cycle (so CRL checks, coverage and ``last_scanned`` stay current for
+    watched stores too; the watches record changes at once in between)."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
     for store in stores:  # OpenBao/Vault, Kubernetes: never raise, failures are observations
         scanned += await store()
+    context = list(watched()) if watched is not None else []
+    scanned += context
     if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
         scanned = await crl_cache.check_all(scanned, clock.now())
-    owned = assign_owners(scanned, owners, default_owner)
-    context = list(watched()) if watched is not None else []
-    # reconcile() returns its input in order, one for one: the scanned ones come first.
-    observations = reconcile([*owned, *context], issued=issued)[: len(owned)]
+    observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
     events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
+    if watched is not None and context:
+        # An object a watch deleted while this cycle ran was just recorded again: forget it.
+        still = {o.ref for o in watched()}
+        gone = [o.ref for o in context if o.ref not in still]
+        if gone:
+            events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
     sli = slo_service.scan_events(observations, clock.now())
@@ -112,7 +118,7 @@ async def scan_and_record(
         if crl_cache is not None:
             metrics.observe_crls(crl_cache.status(clock.now()), crl_cache.error_counts)
         by_source: dict[str, list[Observation]] = {}
-        for o in (*observations, *context):  # the watched stores' health too (source_up)
+        for o in observations:
             by_source.setdefault(o.source, []).append(o)
         for kind in {"tls", "file"} | set(by_source):
             metrics.observe_scan(kind, by_source.get(kind, []), duration)
