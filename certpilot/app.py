@@ -33,6 +33,7 @@ from certpilot.paging import open_slack
 from certpilot.remediate import (
     RemediationRuntime,
     open_remediation,
+    read_token,
     stored_pem,
     webhook_token,
 )
@@ -390,6 +391,9 @@ class Service:
                 clock=self.clock,
                 readiness=self._readiness,
                 jobs=jobs_json,
+                token=read_token(
+                    self.settings.http.token_file, self.settings.http.token_env, self.env
+                ),
             )
             slack = await open_slack(
                 stack,

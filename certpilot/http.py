@@ -17,11 +17,13 @@ root to the application returned by :func:`build_app` before :func:`serve` freez
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -262,6 +264,38 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _json_error(500, "internal error")
 
 
+#: Returns the bearer token the read side requires, or ``None`` for none.
+TokenSource = Callable[[], str | None]
+
+#: Paths that stay open with a token configured: probes (a kubelet or load balancer has none).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Paths with their own authentication (bearer token, Slack signatures).
+SELF_AUTHENTICATED = ("/hooks/", "/slack/")
+
+
+def _token_middleware(token: TokenSource) -> Any:
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in OPEN_PATHS or path.startswith(SELF_AUTHENTICATED):
+            return await handler(request)
+        expected = await asyncio.to_thread(token)
+        if expected is None:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return web.json_response(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="certpilot"'},
+            )
+        return await handler(request)
+
+    return require_token
+
+
 def build_app(
     *,
     registry: CollectorRegistry,
@@ -269,17 +303,23 @@ def build_app(
     clock: Clock,
     readiness: Readiness | None = None,
     jobs: JobsReader | None = None,
+    token: TokenSource | None = None,
 ) -> web.Application:
     """The aiohttp application with certpilot's read-side routes.
 
     ``registry`` is exposed on ``/metrics`` as is (register a :class:`certpilot.obs.Metrics` on
     it); ``readiness`` adds an app-level condition to ``/readyz`` (e.g. "first scan done") and
-    returns ``(ready, reason)``; ``jobs`` serves ``/api/v1/jobs?state=&limit=``.
+    returns ``(ready, reason)``; ``jobs`` serves ``/api/v1/jobs?state=&limit=``; ``token``
+    (when it returns one) is required as a bearer token on every path but the probes and the
+    self-authenticated hooks.
     """
     h = _Handlers(registry, inventory, clock, readiness, jobs)
     # Alertmanager groups of up to 1000 alerts with labels and annotations exceed aiohttp's
     # default 1 MiB body limit.
-    app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares = [_error_middleware]
+    if token is not None:
+        middlewares.insert(0, _token_middleware(token))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)

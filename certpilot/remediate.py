@@ -187,25 +187,35 @@ def open_remediation(
     return RemediationRuntime(remediation, executor, jobs, audit, issuers, targets, stack)
 
 
-def webhook_token(
-    settings: Settings, env: Mapping[str, str] | None = None
+def read_token(
+    token_file: str | None, token_env: str | None, env: Mapping[str, str] | None = None
 ) -> Callable[[], str | None]:
-    """The expected bearer token, read at each request (a rotated file takes effect at once):
-    ``remediation.webhook.token_file`` when set, else the environment variable it names."""
-    w = settings.remediation.webhook
+    """A bearer token read at each request (a rotated file takes effect at once): the file
+    when set, else the environment variable named; ``None`` when neither gives one."""
     environ = env if env is not None else os.environ
 
     def read() -> str | None:
-        if w.token_file:
+        if token_file:
             try:
-                text = Path(w.token_file).read_text(encoding="utf-8").strip()
+                text = Path(token_file).read_text(encoding="utf-8").strip()
             except OSError as e:
-                log.warning("webhook token file %s cannot be read: %s", w.token_file, e.strerror)
+                log.warning("token file %s cannot be read: %s", token_file, e.strerror)
                 return None
             return text or None
-        return environ.get(w.token_env, "").strip() or None
+        if token_env:
+            return environ.get(token_env, "").strip() or None
+        return None
 
     return read
+
+
+def webhook_token(
+    settings: Settings, env: Mapping[str, str] | None = None
+) -> Callable[[], str | None]:
+    """The webhook's token: ``remediation.webhook.token_file``, else the variable named by
+    ``remediation.webhook.token_env``."""
+    w = settings.remediation.webhook
+    return read_token(w.token_file, w.token_env, env)
 
 
 __all__ = [
@@ -214,6 +224,7 @@ __all__ = [
     "build_targets",
     "load_remediation_policy",
     "open_remediation",
+    "read_token",
     "sli_sink",
     "stored_pem",
     "webhook_token",

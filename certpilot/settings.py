@@ -68,6 +68,12 @@ class StoreSettings(_Model):
 class HttpSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=9795, ge=0, le=65535)
+    # A bearer token for /metrics and /api/v1/* (Prometheus: `authorization` in the scrape
+    # config), from a file (re-read on each request) or the variable named here. Without one
+    # they answer anyone who can reach the address (127.0.0.1 by default). /healthz and
+    # /readyz stay open for probes; the webhook and Slack have their own authentication.
+    token_file: str | None = None
+    token_env: str | None = None
 
 
 class ScanSettings(_Model):

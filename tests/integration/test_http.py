@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -403,5 +404,55 @@ async def test_serve_binds_requested_port_and_cleans_up_on_conflict() -> None:
         other = build_app(registry=CollectorRegistry(), inventory=inv, clock=FixedClock(NOW))
         with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:.*in use"):
             await serve(other, "127.0.0.1", port)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_configured_token_guards_metrics_and_the_api_but_not_the_probes(
+    tmp_path: Path,
+) -> None:
+    from aiohttp import web
+
+    from certpilot.remediate import read_token
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-read-token\n")
+    inv = FakeInventory(data=[item("tls://a:443#a", "tls", 90)], log=[], scan_runs=[])
+    clock = FixedClock(NOW)
+    registry = CollectorRegistry()
+    Metrics(registry, inv, clock)
+    app = build_app(
+        registry=registry, inventory=inv, clock=clock, token=read_token(str(token_file), None)
+    )
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="own auth")
+
+    app.router.add_post("/hooks/alertmanager", hook)
+    runner = await serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{bound_port(runner)}"
+    good = {"Authorization": "Bearer s3cret-read-token"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/api/v1/inventory", "/api/v1/events"):
+                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "x"}):
+                    async with http.get(base + path, headers=headers) as r:
+                        assert r.status == 401 and "s3cret" not in await r.text()
+                        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                async with http.get(base + path, headers=good) as r:
+                    assert r.status == 200
+            for path in ("/healthz", "/readyz"):
+                async with http.get(base + path) as r:
+                    assert r.status == 200
+            async with http.post(base + "/hooks/alertmanager") as r:
+                assert r.status == 200 and await r.text() == "own auth"
+            # The file is read on each request: a rotated token takes effect at once.
+            token_file.write_text("rotated\n")
+            async with http.get(base + "/metrics", headers=good) as r:
+                assert r.status == 401
+            async with http.get(
+                base + "/metrics", headers={"Authorization": "Bearer rotated"}
+            ) as r:
+                assert r.status == 200
     finally:
         await runner.cleanup()
