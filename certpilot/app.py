@@ -85,13 +85,18 @@ async def scan_and_record(
     crl_cache: CRLCache | None = None,
     stores: Sequence[StoreScan] = (),
     watched: Callable[[], Sequence[Observation]] | None = None,
+    watched_names: Iterable[str] = (),
+    store_prefixes: Iterable[str] = (),
+    prune: bool = False,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics.
 
-    ``watched`` gives what the store watches currently see (:class:`WatchedStores`): recorded
-    with the rest each cycle (so CRL checks, coverage and ``last_scanned`` stay current for
-    watched stores too; the watches record changes at once in between)."""
+    ``prune`` forgets locations the cycle shows are gone (:func:`stale_refs`; the service sets
+    it, a one-shot ``certpilot scan --db`` does not). ``watched`` gives what the store watches
+    currently see (:class:`WatchedStores`): recorded with the rest each cycle (so CRL checks,
+    coverage and ``last_scanned`` stay current for watched stores too; the watches record
+    changes at once in between)."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
@@ -108,6 +113,14 @@ async def scan_and_record(
         still = {o.ref for o in watched()}
         gone = [o.ref for o in context if o.ref not in still]
         if gone:
+            events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
+    if prune:
+        stored = await asyncio.to_thread(inventory.refs)
+        gone = stale_refs(
+            stored, observations, targets, stores=store_prefixes, watched=watched_names
+        )
+        if gone:
+            log.info("forgetting %d locations that are gone", len(gone))
             events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
     problems = sum(1 for o in observations if o.problems)
     await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
@@ -159,6 +172,55 @@ async def slo_cycle(
 
 
 StoreScan = Callable[[], Awaitable[list[Observation]]]
+
+
+def stale_refs(
+    stored: Sequence[str],
+    observations: Sequence[Observation],
+    targets: Sequence[Target],
+    *,
+    stores: Iterable[str] = (),
+    watched: Iterable[str] = (),
+) -> list[str]:
+    """Locations a scan cycle shows are gone, to forget (``Inventory.remove``):
+
+    * endpoints no longer configured (``tls://`` refs not among this cycle's targets);
+    * files no longer there (``file://`` refs this cycle's file targets did not yield);
+    * OpenBao/Kubernetes items their store no longer holds, for each configured store
+      (``stores``: ref prefixes such as ``openbao://bao/``) that answered as a whole this cycle
+      (no store-level failure observation: a ref without ``#`` that carries an error); items of
+      stores no longer configured; never for watched stores (``watched``: their prefixes), which
+      forget deletions themselves.
+
+    A store that failed keeps its items (they age, and the failure shows as
+    ``x509_source_up`` 0) rather than losing them to an outage."""
+    seen = {o.ref for o in observations}
+    endpoints = {t.ref for t in targets if isinstance(t, EndpointTarget)}
+    configured = tuple(stores)
+    failed = {
+        p
+        for o in observations
+        if o.error is not None and "#" not in o.ref
+        for p in configured
+        if (o.ref + "/").startswith(p)
+    }
+    skip = tuple(watched)
+    gone: list[str] = []
+    for ref in stored:
+        if ref in seen:
+            continue
+        if ref.startswith("tls://"):
+            if ref not in endpoints:
+                gone.append(ref)
+        elif ref.startswith("file://"):
+            gone.append(ref)
+        elif ref.startswith(("openbao://", "k8s://")):
+            if ref.startswith(skip) and skip:
+                continue
+            owner = next((p for p in configured if ref.startswith(p)), None)
+            if owner is None or owner not in failed:
+                gone.append(ref)
+    return gone
 
 
 def store_scans(
@@ -451,6 +513,13 @@ class Service:
                 crl_cache=crl_cache,
             )
 
+            kube = self.settings.targets.kubernetes
+            store_prefixes = [
+                *(f"openbao://{b.get('name', '')}/" for b in self.settings.targets.openbao),
+                *(f"k8s://{k.get('name', '')}/" for k in kube),
+            ]
+            watched_prefixes = [f"k8s://{k.get('name', '')}/" for k in kube if k.get("watch")]
+
             async def cycle() -> None:
                 if self._scan_lock.locked():
                     log.warning("previous scan still running; skipping this cycle")
@@ -471,6 +540,9 @@ class Service:
                             crl_cache=crl_cache,
                             stores=stores,
                             watched=watched.snapshot,
+                            watched_names=watched_prefixes,
+                            store_prefixes=store_prefixes,
+                            prune=True,
                         )
                     except Exception:
                         log.exception("scan cycle failed")

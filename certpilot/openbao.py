@@ -371,7 +371,7 @@ def _root_cause(causes: list[BaseException]) -> str:
 def vault_detail(e: Any) -> str:
     """The server's error text of an ``hvac`` exception, on one line ("" when none)."""
     errors = getattr(e, "errors", None)
-    if isinstance(errors, list) and errors:
+    if isinstance(errors, list):  # parsed: an empty list ({"errors":[]}) means no text
         return _one_line("; ".join(str(x) for x in errors))
     text = getattr(e, "text", None)
     return _one_line(text) if isinstance(text, str) else ""

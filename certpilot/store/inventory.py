@@ -1008,6 +1008,15 @@ class Inventory(engines.EngineBacked):
             out = [i for i in out if code in i.problems]
         return out
 
+    def refs(self, source: str | None = None) -> list[str]:
+        """Every stored location ref (of ``source``), cheaply: what a scan cycle compares with
+        what it saw to forget locations that are gone."""
+        stmt = select(LOCATION.c.ref)
+        if source is not None:
+            stmt = stmt.where(LOCATION.c.source == source)
+        with self._read() as conn:
+            return [str(r[0]) for r in conn.execute(stmt).all()]
+
     def item(self, ref: str) -> InventoryItem | None:
         """The location ``ref`` as currently stored, or ``None``."""
         stmt = self._items_query().where(LOCATION.c.ref == ref)

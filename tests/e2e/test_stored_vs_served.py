@@ -72,7 +72,7 @@ async def test_the_service_finds_not_deployed_and_unmanaged(
             "store": {"url": f"sqlite:///{work / 'certpilot.db'}"},
             "http": {"host": "127.0.0.1", "port": 0},
             "scan": {
-                "interval": "1h",
+                "interval": "2s",
                 "ca_files": [str(work / "ca.pem")],
                 "system_trust": False,
                 "crl_checks": False,
@@ -107,6 +107,22 @@ async def test_the_service_finds_not_deployed_and_unmanaged(
                 items: list[dict[str, Any]] = (await r.json())["items"]
             async with http.get(f"{base}/metrics") as r:
                 metrics = await r.text()
+            # The secret is deleted from OpenBao: a later cycle forgets the location.
+            bao.client().secrets.kv.v2.delete_metadata_and_all_versions(
+                path="tls/shop", mount_point="secret"
+            )
+            stored_ref = "openbao://bao/secret/tls/shop#certificate"
+            deadline = time.monotonic() + 30
+            while True:
+                async with http.get(f"{base}/api/v1/inventory") as r:
+                    refs = {i["ref"] for i in (await r.json())["items"]}
+                if stored_ref not in refs:
+                    break
+                assert time.monotonic() < deadline, "the deleted secret was never forgotten"
+                await asyncio.sleep(0.5)
+            async with http.get(f"{base}/api/v1/events", params={"ref": stored_ref}) as r:
+                kinds = [e["kind"] for e in (await r.json())["events"]]
+            assert kinds[-1] == "location_removed", kinds
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
