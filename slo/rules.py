@@ -515,9 +515,9 @@ def _symptoms(policy: JudgePolicy, page_days: float) -> list[_Symptom]:
             f'sum by (sli) (rate({SLI_METRIC}{{sli="discovery_coverage",result="bad"}}[30m]))\n'
             f'/\nsum by (sli) (rate({SLI_METRIC}{{sli="discovery_coverage"}}[30m]))\n> 0.05\n',
             "ticket",
-            "Known endpoints are not being probed",
-            "{{ $value | humanizePercentage }} of known endpoints were not probed within the "
-            "coverage interval over the last 30 minutes.",
+            "Known certificate locations are not being read",
+            "{{ $value | humanizePercentage }} of known locations (endpoints and stored "
+            "certificates) were not read within the coverage interval over the last 30 minutes.",
             "discovery-coverage",
             "15m",
         )

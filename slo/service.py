@@ -53,8 +53,9 @@ def scan_events(observations: Sequence[Observation], at: datetime) -> list[SLIEv
 
 
 def coverage_tick(inventory: Inventory, at: datetime, max_age: timedelta) -> list[SLIEvent]:
-    """Discovery coverage events for every known endpoint, as of ``at``."""
-    return coverage_events(inventory.items(now=at, source="tls"), at, max_age)
+    """Discovery coverage events for every known location (endpoints and stored
+    certificates), as of ``at``."""
+    return coverage_events(inventory.items(now=at), at, max_age)
 
 
 def evaluate_all(

@@ -16,8 +16,8 @@ SLI event schema (what the scanner, remediator and CT watcher emit, one event pe
 - ``issuance_latency``: one issuance that was deployed; good when order-to-verified took at most
   X seconds (default 300).
 - ``complete_deployments``: one deployment; good when verified on every target.
-- ``discovery_coverage``: one known endpoint at each evaluation tick; good when it was probed
-  within the last N minutes (default 15).
+- ``discovery_coverage``: one known location (endpoint or stored certificate) at each evaluation
+  tick; good when it was read within the last N minutes (default 15).
 
 Events are counted in ``certpilot_sli_events_total{sli, result="good"|"bad"}`` and stored in
 the inventory's event log, so Prometheus and the in-process engine read the same stream.

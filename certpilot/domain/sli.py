@@ -57,6 +57,10 @@ class SLISample:
         return self.good_total + self.bad_total
 
 
+#: Sources whose locations the discovery-coverage SLI counts.
+COVERED_SOURCES: frozenset[str] = frozenset({"tls", "file", "openbao", "k8s"})
+
+
 def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> list[SLIEvent]:
     """M1: one event per endpoint probe; good when the endpoint has no validity problem
     (governance findings such as ``unmanaged`` or ``not_deployed`` do not count).
@@ -75,13 +79,19 @@ def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> lis
 
 
 def coverage_events(
-    items: Sequence[InventoryItem], at: datetime, max_age: timedelta = timedelta(minutes=15)
+    items: Sequence[InventoryItem],
+    at: datetime,
+    max_age: timedelta = timedelta(minutes=15),
+    *,
+    sources: frozenset[str] = COVERED_SOURCES,
 ) -> list[SLIEvent]:
-    """Discovery coverage: one event per known endpoint; good when it was probed within
-    ``max_age`` (whatever the probe found: reachability is ``valid_ratio``'s business)."""
+    """Discovery coverage: one event per known location (an endpoint, or a certificate kept in
+    a file, OpenBao/Vault or Kubernetes); good when it was read within ``max_age`` (whatever
+    the read found: validity is ``valid_ratio``'s business). Locations that are gone are
+    forgotten by the scan cycle, so a stale one means a source that stopped answering."""
     out: list[SLIEvent] = []
     for it in items:
-        if it.source != "tls":
+        if it.source not in sources:
             continue
         good = at - it.last_scanned <= max_age
         out.append(SLIEvent(at, "discovery_coverage", good, it.ref, detail="" if good else "stale"))
