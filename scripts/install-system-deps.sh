@@ -14,6 +14,7 @@ declare -A NEED=(
   [amtool]=prometheus-alertmanager
   [pebble]=pebble
   [pebble-challtestsrv]=pebble
+  [certspotter]=certspotter
 )
 
 missing=()
