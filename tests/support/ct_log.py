@@ -34,14 +34,12 @@ import base64
 import binascii
 import hashlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -61,6 +59,7 @@ from ctwatch.rfc6962 import (
     root_from_leaves,
     sth_signed_data,
 )
+from tests.support.loopback import ThreadedServer
 
 DEFAULT_BATCH_LIMIT = 256
 
@@ -161,12 +160,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class LoopbackCTLog:
+class LoopbackCTLog(ThreadedServer):
     """An RFC 6962 log on ``http://127.0.0.1:<port>/`` with an in-memory Merkle tree.
 
     ``clock_ms`` gives entry and STH timestamps (wall clock by default); ``mmd`` is the maximum
     merge delay written into the log list.
     """
+
+    server_name = "loopback CT log"
 
     def __init__(
         self,
@@ -420,88 +421,6 @@ class LoopbackCTLog:
         return app
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Serve (again, on the same port after a :meth:`stop`); returns once listening."""
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(128)
-        self.port = int(sock.getsockname()[1])
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        runner_box: list[web.AppRunner] = []
-
-        async def serve() -> None:
-            runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            runner_box.append(runner)
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as e:
-                failure.append(e)
-                sock.close()
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            try:
-                loop.run_until_complete(runner_box[0].cleanup())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                sock.close()
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="ct-log", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("loopback CT log did not start")
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop listening; idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(15)
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def write_log_list(self, path: Path) -> None:
         """Write :meth:`log_list_json` to ``path`` (for certspotter ``-logs``)."""

@@ -86,7 +86,6 @@ import copy
 import json
 import re
 import shutil
-import socket
 import ssl
 import tempfile
 import threading
@@ -95,13 +94,13 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import yaml
 from aiohttp import web
 
 from certpilot.localca import LocalCA, write_key
+from tests.support.loopback import ThreadedServer
 
 DEFAULT_TOKEN = "fake-sa-token-0123456789abcdef"
 DEFAULT_USER = "system:serviceaccount:certpilot:certpilot"
@@ -355,7 +354,7 @@ def _json(
     )
 
 
-class FakeKubeAPI:
+class FakeKubeAPI(ThreadedServer):
     """A fake kube-apiserver on ``https://127.0.0.1:<port>`` serving core/v1 Secrets.
 
     ``token`` is the one bearer token accepted; ``namespaces`` exist from the start (creating
@@ -392,106 +391,24 @@ class FakeKubeAPI:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
+    server_name = "fake Kubernetes API"
 
-    def start(self) -> Self:
-        """Serve (again, on the same port after a :meth:`stop`); returns once listening."""
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(128)
-        self.port = int(sock.getsockname()[1])
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        runner_box: list[web.AppRunner] = []
+    async def _on_serve(self) -> None:
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
 
-        async def serve() -> None:
-            self._stopping = asyncio.Event()
-            self._changed = asyncio.Event()
-            runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.SockSite(runner, sock, ssl_context=self._ssl_context()).start()
-            runner_box.append(runner)
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as e:
-                failure.append(e)
-                sock.close()
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            try:
-                loop.run_until_complete(runner_box[0].cleanup())
-                # TLS transports close asynchronously (close_notify, then the socket): give
-                # them a few turns of the loop so none is left open when the loop closes.
-                loop.run_until_complete(asyncio.sleep(0.05))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                sock.close()
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="k8s-fake", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("fake Kubernetes API did not start")
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop listening (pending stalled requests are released first); idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
+    def _before_stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Pending stalled requests are released first; open watches notice and end.
         stopping = self._stopping
         if stopping is not None:
             loop.call_soon_threadsafe(stopping.set)
-            loop.call_soon_threadsafe(self._wake)  # open watches notice and end
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(15)
-        self._thread = None
-        self._loop = None
+            loop.call_soon_threadsafe(self._wake)
 
     def close(self) -> None:
         """:meth:`stop`, and remove the temporary directory when the fake made it."""
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.close)
 
     # -- client configuration --------------------------------------------------------------
 

@@ -70,7 +70,6 @@ import copy
 import itertools
 import json
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -78,12 +77,13 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from tests.support.loopback import ThreadedServer
 
 DEFAULT_TOKEN = "xoxb-certpilot-fake-bot-token"
 """Shaped like a bot token but not like a real one (secret scanners match real ones)."""
@@ -292,7 +292,7 @@ class _State:
     acks: list[SocketAck] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(ThreadedServer):
     """A fake ``https://slack.com/api/`` on ``http://127.0.0.1:<port>/api/``.
 
     ``token`` is the one bot token accepted, ``app_token`` the one app-level token (Socket
@@ -301,6 +301,8 @@ class FakeSlack:
     ``users`` maps user ids to ``users.info`` fields (at least ``name``; ``tz`` defaults to UTC)
     and ``usergroups`` maps usergroup ids (``S...``) to member user ids.
     """
+
+    server_name = "fake Slack API"
 
     def __init__(
         self,
@@ -370,92 +372,6 @@ class FakeSlack:
     def base_url(self) -> str:
         """What to give slack-sdk as ``base_url`` (it appends the method name)."""
         return f"{self.url}/api/"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    def start(self) -> Self:
-        """Serve (again, on the same port after a :meth:`stop`); returns once listening."""
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(128)
-        self.port = int(sock.getsockname()[1])
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        runner_box: list[web.AppRunner] = []
-
-        async def serve() -> None:
-            runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            runner_box.append(runner)
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as e:
-                failure.append(e)
-                sock.close()
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            try:
-                loop.run_until_complete(runner_box[0].cleanup())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                sock.close()
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="slack-fake", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("fake Slack API did not start")
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop listening (state and the call log are kept); idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(15)
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # -- workspace setup -------------------------------------------------------------------
 
