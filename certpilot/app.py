@@ -526,7 +526,7 @@ class Service:
                     return
                 async with self._scan_lock:
                     try:
-                        done = await asyncio.to_thread(rt.jobs.list, ["done"])
+                        issued = await asyncio.to_thread(rt.jobs.issued_fingerprints)
                         res = await scan_and_record(
                             scanner,
                             inventory,
@@ -534,7 +534,7 @@ class Service:
                             targets,
                             self.clock,
                             env=self.env,
-                            issued=[j.new_fingerprint for j in done if j.new_fingerprint],
+                            issued=issued,
                             owners=owner_rules(self.settings),
                             default_owner=self.settings.ownership.default,
                             crl_cache=crl_cache,

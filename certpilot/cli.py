@@ -14,21 +14,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from certpilot import __version__, cli_jobs
+from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from certpilot.cli_common import console as _console
+from certpilot.cli_common import require_db as _require_db
+from certpilot.cli_common import store_url as _store_url
 from certpilot.domain.audit import AuditEntry, anchor
 from certpilot.domain.clock import SystemClock
 from certpilot.domain.errors import CertpilotError, ConfigError, UsageError
 from certpilot.domain.judge import JudgePolicy
 from certpilot.domain.problems import ProblemCode
-from certpilot.settings import Settings, load_settings, parse_duration
+from certpilot.settings import load_settings, parse_duration
 from certpilot.targets import parse_resolve, parse_targets
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -309,14 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped into a file or a pager, rich would assume 80 columns and squeeze the tables; use a
-    # wide page unless COLUMNS says otherwise.
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
-
-
 def _policy(args: argparse.Namespace) -> JudgePolicy:
     base = JudgePolicy()
     frac = (
@@ -400,14 +393,6 @@ async def _scan(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if any(o.problems for o in observations) else EXIT_OK
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    if args.db:
-        return str(args.db)
-    if args.config:
-        return load_settings(args.config).store.url
-    return os.environ.get("CERTPILOT_DB", Settings().store.url)
-
-
 def _inventory(args: argparse.Namespace) -> int:
     from certpilot.report import inventory_table
     from certpilot.store import Inventory
@@ -481,15 +466,6 @@ def _slo_convert(args: argparse.Namespace) -> int:
         f"from {result.source_format})"
     )
     return EXIT_OK
-
-
-def _require_db(url: str) -> None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise ConfigError(
-                "--db", "", f"no inventory at {path}: run a scan with --db first", url
-            )
 
 
 def _audit(args: argparse.Namespace) -> int:

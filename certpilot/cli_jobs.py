@@ -21,15 +21,13 @@ import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from certpilot.domain.clock import Clock, SystemClock
-from certpilot.domain.errors import ConfigError, UsageError
+from certpilot.domain.errors import UsageError
 from certpilot.domain.inventory import InventoryItem
 from certpilot.settings import Settings, load_settings
 
@@ -37,7 +35,10 @@ if TYPE_CHECKING:  # the store, the remediator and the scanner load when a verb 
     from certpilot.remediate import RemediationRuntime
     from certpilot.store import Job
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS
+from certpilot.cli_common import console as _console
+from certpilot.cli_common import require_db as _require_db
+from certpilot.cli_common import store_url as _store_url
 
 REASONS = {
     "unspecified": 0,
@@ -158,21 +159,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_act(args))
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    if getattr(args, "db", None):
-        return str(args.db)
-    if args.config:
-        return load_settings(args.config).store.url
-    return os.environ.get("CERTPILOT_DB", Settings().store.url)
-
-
-def _require_db(url: str) -> None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise ConfigError("--db", "", f"no database at {path}: run certpilot first", url)
-
-
 def _jobs(args: argparse.Namespace) -> int:
     from certpilot.store import JobStore
 
@@ -199,11 +185,6 @@ def _jobs(args: argparse.Namespace) -> int:
     out.print(job_table(jobs))
     out.print(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}")
     return EXIT_OK
-
-
-def _console() -> Console:
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 _STATE_STYLE = {

@@ -171,8 +171,11 @@ class Remediation:
         """What the policy needs from history: orders of the last 7 days (each renewal that
         reached its CA counts once, and each renewal still queued counts at its start), open
         jobs per rule, and the certificates with one."""
-        jobs: list[Job] = await asyncio.to_thread(self.jobs.list)
         since = now - ORDER_HISTORY
+        # Open jobs of any age, and the recent ones (orders count for 7 days): not the history.
+        open_jobs = await asyncio.to_thread(self.jobs.list, OPEN_STATES)
+        recent = await asyncio.to_thread(self.jobs.list, updated_since=since)
+        jobs = list({j.id: j for j in (*open_jobs, *recent)}.values())
         orders: list[OrderRecord] = []
         in_flight: Counter[str] = Counter()
         busy: set[str] = set()
@@ -207,8 +210,8 @@ class Remediation:
         actually sent (each attempt of each renewal counts; jobs only planned do not), else
         when it may (``None``: now)."""
         now = self.clock.now()
-        jobs: list[Job] = await asyncio.to_thread(self.jobs.list)
         since = now - ORDER_HISTORY
+        jobs: list[Job] = await asyncio.to_thread(self.jobs.list, updated_since=since)
         orders: list[OrderRecord] = []
         for j in jobs:
             if j.action != Action.RENEW or j.attempts == 0 or j.issuer != job.issuer:

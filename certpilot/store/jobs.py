@@ -475,9 +475,14 @@ class JobStore(engines.EngineBacked):
         *,
         limit: int | None = None,
         newest_first: bool = False,
+        updated_since: datetime | None = None,
     ) -> builtins.list[Job]:
-        """Jobs in any of ``states`` (all when ``None``), oldest first unless ``newest_first``."""
+        """Jobs in any of ``states`` (all when ``None``) and, with ``updated_since``, written
+        at or after it; oldest first unless ``newest_first``."""
         stmt = select(JOBS)
+        if updated_since is not None:
+            _aware(updated_since, "updated_since")
+            stmt = stmt.where(_c.updated_at >= updated_since)
         if states is not None:
             wanted = builtins.list(states)
             unknown = [s for s in wanted if s not in STATES]
@@ -508,6 +513,13 @@ class JobStore(engines.EngineBacked):
         with self._read() as conn:
             rows = conn.execute(stmt).all()
         return [_decode(r) for r in rows]
+
+    def issued_fingerprints(self) -> builtins.list[str]:
+        """Fingerprints of every certificate a finished job put in place (what reconciliation
+        must not call ``unmanaged``); one narrow query, not the jobs themselves."""
+        stmt = select(_c.new_fingerprint).where(_c.state == "done", _c.new_fingerprint != "")
+        with self._read() as conn:
+            return [str(r[0]) for r in conn.execute(stmt).all()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present (the ``certpilot_jobs{state}`` gauge)."""
