@@ -23,8 +23,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,16 +41,15 @@ from bot.slack_app import REASONS, BotContext, aiohttp_handler, build_app
 from certpilot.domain.audit import AuditEntry
 from certpilot.domain.clock import Clock, SystemClock
 from certpilot.domain.inventory import InventoryItem
-from certpilot.domain.model import EndpointTarget, Observation
+from certpilot.domain.model import EndpointTarget
 from certpilot.domain.problems import ProblemCode
 from certpilot.domain.remedy import (
-    DeployReceipt,
     IssuedCertificate,
     IssueRequest,
     RenewalWindow,
     RevocationReason,
 )
-from certpilot.domain.x509 import CertInfo, parse_pem_bundle
+from certpilot.domain.x509 import CertInfo
 from certpilot.localca import LocalCA
 from certpilot.paging import _silencer
 from certpilot.settings import SlackPermissions, SlackSettings
@@ -59,6 +58,7 @@ from certpilot.store.slack import SlackStore, StoredPage
 from remediator.executor import Executor
 from remediator.policy import Policy, Rule
 from remediator.service import Remediation
+from tests.support.remediation_fakes import ServingProber, ServingTarget, leaf_info
 from tests.support.services import free_port, require_binary
 from tests.support.slack_fake import DEFAULT_TOKEN, FakeSlack
 from tests.support.slack_signing import (
@@ -91,12 +91,6 @@ def ref_of(host: str) -> str:
 # ----------------------------------------------------------------------------------- fakes
 
 
-def _leaf(chain_pem: bytes) -> CertInfo:
-    leaf = parse_pem_bundle(chain_pem)[0]
-    assert not isinstance(leaf, Exception)
-    return leaf.info
-
-
 class RecordingIssuer:
     """The local CA as an issuer; revocations are recorded (chain, reason)."""
 
@@ -110,7 +104,7 @@ class RecordingIssuer:
 
     async def issue(self, request: IssueRequest) -> IssuedCertificate:
         i = self.ca.issue(list(request.names), self.clock.now())
-        info = _leaf(i.chain_pem())
+        info = leaf_info(i.chain_pem())
         self.issued.append(info)
         return IssuedCertificate(
             chain_pem=i.chain_pem(),
@@ -125,47 +119,6 @@ class RecordingIssuer:
 
     async def renewal_info(self, chain_pem: bytes) -> RenewalWindow | None:
         return None
-
-
-@dataclass
-class ServingTarget:
-    """Serves its hosts; a deploy changes what they serve."""
-
-    name: str
-    hosts: tuple[str, ...]
-    serving: dict[str, CertInfo] = field(default_factory=dict)
-
-    def endpoints(self) -> Sequence[EndpointTarget]:
-        return tuple(EndpointTarget(h, 443) for h in self.hosts)
-
-    async def deploy(self, cert: IssuedCertificate) -> DeployReceipt:
-        info = _leaf(cert.chain_pem)
-        for ep in self.endpoints():
-            self.serving[ep.name] = info
-        return DeployReceipt(self.name, info.serial, {})
-
-    async def rollback(self, receipt: DeployReceipt) -> None:
-        raise AssertionError("nothing is rolled back here")
-
-
-class ServingProber:
-    """Reports exactly what the target serves."""
-
-    def __init__(self, serving: dict[str, CertInfo], clock: Clock) -> None:
-        self.serving = serving
-        self.clock = clock
-
-    async def probe(self, targets: Sequence[EndpointTarget]) -> list[Observation]:
-        return [
-            Observation(
-                source="tls",
-                ref=t.ref,
-                target=t.name,
-                observed_at=self.clock.now(),
-                leaf=self.serving.get(t.name),
-            )
-            for t in targets
-        ]
 
 
 def inventory_item(info: CertInfo, host: str, problems: tuple[ProblemCode, ...]) -> InventoryItem:
@@ -362,7 +315,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     ca = LocalCA("Shop Internal CA", now - timedelta(days=365))
     www_cert = ca.issue([WWW], now, not_before=now - timedelta(days=85), lifetime=timedelta(90))
     api_cert = ca.issue([API], now, not_before=now - timedelta(days=30), lifetime=timedelta(90))
-    www, api = _leaf(www_cert.chain_pem()), _leaf(api_cert.chain_pem())
+    www, api = leaf_info(www_cert.chain_pem()), leaf_info(api_cert.chain_pem())
     chains = {
         www.fingerprint_sha256: www_cert.chain_pem().decode(),
         api.fingerprint_sha256: api_cert.chain_pem().decode(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -20,9 +20,8 @@ import pytest
 from certpilot.domain.audit import AuditEntry
 from certpilot.domain.clock import FixedClock
 from certpilot.domain.inventory import InventoryItem
-from certpilot.domain.model import EndpointTarget, Observation
+from certpilot.domain.model import EndpointTarget
 from certpilot.domain.remedy import (
-    DeployReceipt,
     DeployTarget,
     IssuedCertificate,
     IssueRequest,
@@ -30,7 +29,7 @@ from certpilot.domain.remedy import (
     RenewalWindow,
     RevocationReason,
 )
-from certpilot.domain.x509 import CertInfo, ari_certificate_id, parse_pem_bundle
+from certpilot.domain.x509 import CertInfo, ari_certificate_id
 from certpilot.localca import LocalCA
 from certpilot.store import AuditLog, JobStore, NewJob
 from remediator.executor import Executor
@@ -49,6 +48,7 @@ from remediator.policy import (
 from remediator.policy_config import load_policy
 from remediator.service import ORDER_HISTORY, Remediation, target_locations
 from remediator.targets.files import FilesTarget, FilesTargetConfig
+from tests.support.remediation_fakes import ServingProber, ServingTarget, leaf_info
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)  # a Sunday
 WWW = "www.example.test"
@@ -60,12 +60,6 @@ def ref_of(host: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- fakes
-
-
-def _info(chain_pem: bytes) -> CertInfo:
-    leaf = parse_pem_bundle(chain_pem)[0]
-    assert not isinstance(leaf, Exception)
-    return leaf.info
 
 
 class BudgetedIssuer:
@@ -91,7 +85,7 @@ class BudgetedIssuer:
             raise IssuerError(self.name, "429 rateLimited: too many new orders", retry_after=60)
         self.orders.append(now)
         i = self.ca.issue(list(request.names), now)
-        info = _info(i.chain_pem())
+        info = leaf_info(i.chain_pem())
         return IssuedCertificate(
             chain_pem=i.chain_pem(),
             key_pem=i.key_pem(),
@@ -105,44 +99,6 @@ class BudgetedIssuer:
 
     async def renewal_info(self, chain_pem: bytes) -> RenewalWindow | None:
         return None
-
-
-@dataclass
-class FakeTarget:
-    """Serves its hosts; a deploy changes what they serve."""
-
-    name: str
-    hosts: tuple[str, ...]
-    serving: dict[str, CertInfo] = field(default_factory=dict)
-
-    def endpoints(self) -> Sequence[EndpointTarget]:
-        return tuple(EndpointTarget(h, 443) for h in self.hosts)
-
-    async def deploy(self, cert: IssuedCertificate) -> DeployReceipt:
-        info = _info(cert.chain_pem)
-        for ep in self.endpoints():
-            self.serving[ep.name] = info
-        return DeployReceipt(self.name, info.serial, {})
-
-    async def rollback(self, receipt: DeployReceipt) -> None:
-        raise AssertionError("nothing is rolled back here")
-
-
-class FakeProber:
-    def __init__(self, serving: Mapping[str, CertInfo]) -> None:
-        self.serving = serving
-
-    async def probe(self, targets: Sequence[EndpointTarget]) -> list[Observation]:
-        return [
-            Observation(
-                source="tls",
-                ref=t.ref,
-                target=t.name,
-                observed_at=T0,
-                leaf=self.serving.get(t.name),
-            )
-            for t in targets
-        ]
 
 
 def item(
@@ -193,8 +149,8 @@ class World:
     audit: AuditLog
     ca: LocalCA
     serving: dict[str, CertInfo]
-    canary: FakeTarget
-    main: FakeTarget
+    canary: ServingTarget
+    main: ServingTarget
 
     def executor(self, targets: Sequence[DeployTarget] = (), **issuers: object) -> Executor:
         return Executor(
@@ -202,7 +158,7 @@ class World:
             self.audit,
             issuers,  # type: ignore[arg-type]
             {t.name: t for t in targets} or {"canary": self.canary, "main": self.main},
-            FakeProber(self.serving),
+            ServingProber(self.serving, self.clock),
             self.clock,
             verify_timeout=1.0,
             verify_hold=0.0,
@@ -245,8 +201,8 @@ def world(tmp_path: Path) -> Iterator[World]:
             audit,
             LocalCA("Test service CA", T0 - timedelta(days=365)),
             serving,
-            FakeTarget("canary", (WWW,), serving),
-            FakeTarget("main", (WWW, API), serving),
+            ServingTarget("canary", (WWW,), serving),
+            ServingTarget("main", (WWW, API), serving),
         )
 
 
@@ -267,7 +223,7 @@ def test_targets_for_lists_the_holders_canary_first(world: World, tmp_path: Path
             cert_path=site / "cert.pem", key_path=site / "key.pem", fullchain_path=site / "full.pem"
         ),
     )
-    other = FakeTarget("other", ("other.test",))
+    other = ServingTarget("other", ("other.test",))
     cert_ref = f"file://{site / 'cert.pem'}#0"
     full_ref = f"file://{site / 'full.pem'}#0"
     assert target_locations(files) == frozenset({cert_ref, full_ref})
@@ -494,7 +450,7 @@ async def test_a_mass_event_is_worked_off_within_the_budget_without_a_429(
 ) -> None:
     # A CA revoked 100 certificates: all due now, 10 new orders per hour allowed.
     hosts = [f"h{i:03d}.fleet.test" for i in range(FLEET)]
-    targets = [FakeTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
+    targets = [ServingTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
     items = [
         item(ref_of(h), h, days_left=5 + i / 1440) for i, h in enumerate(reversed(hosts))
     ]  # the last host expires first
@@ -537,7 +493,7 @@ async def test_jobs_queued_by_an_earlier_plan_keep_their_budget_slots(
     # The next scan finds one more certificate due while the first 30 still wait for their
     # slots: it must queue behind them, not take a slot they were planned into.
     hosts = [f"h{i:03d}.fleet.test" for i in range(31)]
-    targets = [FakeTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
+    targets = [ServingTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
     items = [item(ref_of(h), h, days_left=5) for h in hosts]
     r = world.remediation(fleet_policy, targets)
     assert len(await r.plan(items[:30])) == 30
@@ -549,7 +505,7 @@ async def test_jobs_queued_by_an_earlier_plan_keep_their_budget_slots(
     assert _max_in_any_window(starts, PER) == BUDGET
     # A request from a person or an alert queues behind them too.
     extra = facts_of("h999.fleet.test", days_left=5)
-    targets.append(FakeTarget("t999", ("h999.fleet.test",), world.serving))
+    targets.append(ServingTarget("t999", ("h999.fleet.test",), world.serving))
     r2 = world.remediation(fleet_policy, targets)
     asked = await r2.request(Action.RENEW, extra, requester="alertmanager", force=True)
     assert asked.job is not None and asked.job.next_attempt_at == T0 + 3 * PER
@@ -569,7 +525,7 @@ async def test_the_budget_of_an_issuer_the_rule_leaves_open_is_kept_too(
     )
     policy = load_policy(path)
     hosts = [f"o{i:03d}.fleet.test" for i in range(31)]
-    targets = [FakeTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
+    targets = [ServingTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
     r = world.remediation(policy, targets, default_issuer=None,
                           target_issuers={t.name: "local" for t in targets})  # fmt: skip
     planned = await r.plan([item(ref_of(h), h, days_left=5) for h in hosts[:30]])
@@ -691,7 +647,7 @@ class AriIssuer(BudgetedIssuer):
 
 def _ari_remediation(world: World, issuer: AriIssuer, hosts: Sequence[str]) -> Remediation:
     pem = world.ca.issue(["any.test"], T0).chain_pem().decode()
-    targets = [FakeTarget(f"t-{h}", (h,), world.serving) for h in hosts]
+    targets = [ServingTarget(f"t-{h}", (h,), world.serving) for h in hosts]
     return Remediation(
         world.executor(targets, local=issuer),
         DEFAULT_POLICY,
@@ -740,7 +696,7 @@ async def test_a_renewal_names_the_certificate_it_replaces(world: World) -> None
             return await super().issue(request)
 
     issuer = Recording(world, RenewalWindow(T0, T0 + timedelta(hours=1)))
-    target = FakeTarget("t-e", ("e.ari.test",), world.serving)
+    target = ServingTarget("t-e", ("e.ari.test",), world.serving)
     r = Remediation(
         world.executor([target], local=issuer),
         DEFAULT_POLICY,
@@ -762,7 +718,7 @@ async def test_the_budget_is_checked_again_when_a_job_orders(
     # (a busy executor, a restart). Without a check at order time the second wave would put
     # 20 orders in one hour; the gate holds it until the first wave's orders leave the window.
     hosts = [f"w{i:03d}.fleet.test" for i in range(2 * BUDGET)]
-    targets = [FakeTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
+    targets = [ServingTarget(f"t{i:03d}", (h,), world.serving) for i, h in enumerate(hosts)]
     issuer = BudgetedIssuer("local", world.ca, world.clock, 10_000, PER)  # the CA never says 429
     executor = world.executor(targets, local=issuer)
     r = world.remediation(fleet_policy, targets, executor=executor)
