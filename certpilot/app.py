@@ -378,17 +378,21 @@ def scan_targets(settings: Settings, deploy_targets: Sequence[DeployTarget]) -> 
     return [*out, *settings.file_targets()]
 
 
-def _lookup(inventory: Inventory, ref: str, fingerprint: str, clock: Clock) -> InventoryItem | None:
-    """The inventory item an alert names, by its ``ref`` label or a certificate fingerprint."""
+def _lookup(inventory: Inventory, ref: str, fingerprint: str) -> InventoryItem | None:
+    """The inventory item an alert names: by its ``ref`` label, else where the certificate with
+    that fingerprint is currently presented as the leaf (``Inventory.sightings``)."""
     if ref:
         item = inventory.item(ref)
         if item is not None:
             return item
     if fingerprint:
         fp = fingerprint.lower().replace(":", "")
-        for it in inventory.items(now=clock.now()):
-            if (it.fingerprint_sha256 or "").lower() == fp:
-                return it
+        for seen in inventory.sightings(fingerprint_sha256=fp):
+            if not seen.current:
+                continue
+            item = inventory.item(seen.ref)
+            if item is not None and (item.fingerprint_sha256 or "").lower() == fp:
+                return item
     return None
 
 
@@ -439,7 +443,7 @@ class Service:
             wake = asyncio.Event()
             intake = AlertIntake(
                 rt.remediation,
-                lambda ref, fp: _lookup(inventory, ref, fp, self.clock),
+                lambda ref, fp: _lookup(inventory, ref, fp),
                 chain_of=stored_pem(inventory),
             )
 

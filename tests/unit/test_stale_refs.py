@@ -65,3 +65,30 @@ def test_a_per_kind_failure_keeps_the_cluster_a_per_secret_one_does_not() -> Non
     gone = stale_refs(stored, seen, [], stores=["k8s://prod/", "openbao://bao/"])
     # The cluster is kept whole; one unreadable secret does not stop pruning the store.
     assert gone == ["openbao://bao/secret/tls/b#certificate"]
+
+
+def test_an_alert_finds_its_certificate_by_ref_or_by_where_it_is_served_now() -> None:
+    from certpilot.app import _lookup
+    from certpilot.domain.x509 import parse_pem_bundle
+    from certpilot.localca import LocalCA
+    from certpilot.store import Inventory
+
+    ca = LocalCA("R", NOW)
+    old, new = (ca.issue(["a.example.com"], NOW) for _ in range(2))
+
+    def served(issued: object, at: datetime) -> Observation:
+        (parsed,) = parse_pem_bundle(issued.cert_pem())  # type: ignore[attr-defined]
+        assert not isinstance(parsed, Exception)
+        return Observation("tls", "tls://a:443#a", "a:443", at, leaf=parsed.info)
+
+    with Inventory.open("sqlite://") as inv:
+        inv.record([served(old, NOW)], now=NOW)
+        later = NOW.replace(hour=1)
+        inv.record([served(new, later)], now=later)
+        fp_old = served(old, NOW).leaf.fingerprint_sha256  # type: ignore[union-attr]
+        fp_new = served(new, NOW).leaf.fingerprint_sha256  # type: ignore[union-attr]
+        assert _lookup(inv, "tls://a:443#a", "") is not None
+        found = _lookup(inv, "", fp_new.upper())
+        assert found is not None and found.ref == "tls://a:443#a"
+        assert _lookup(inv, "", fp_old) is None  # no longer served anywhere
+        assert _lookup(inv, "tls://nowhere:443#x", "") is None
