@@ -44,6 +44,9 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/inventory_upsert.py
 	$(BIN)/python benchmarks/slo_eval.py
 	$(BIN)/python benchmarks/remediation.py
+	$(BIN)/python benchmarks/openbao_scan.py
+	$(BIN)/python benchmarks/k8s_scan.py
+	$(BIN)/python benchmarks/ct_match.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
