@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from certpilot import __version__, cli_jobs
+from certpilot import __version__, cli_ct, cli_jobs
 from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from certpilot.cli_common import console as _console
 from certpilot.cli_common import require_db as _require_db
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pe.add_argument("--format", choices=["table", "json"], default="table")
     cli_jobs.add_parsers(sub, _Parser)
+    cli_ct.add_parsers(sub, _Parser)
     return p
 
 
@@ -725,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _policy_explain(args)
         if args.command in {"renew", "redeploy", "revoke", "jobs", "approve", "retry", "cancel"}:
             return cli_jobs.run(args)
+        if args.command == "ct":
+            return cli_ct.run(args)
     except CertpilotError as e:
         print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USAGE

@@ -38,7 +38,7 @@ from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import REACHABILITY_CODES, ProblemCode
 from certpilot.domain.protocols import InventoryReader
-from certpilot.domain.sli import SLI_IDS
+from certpilot.domain.sli import SEEN_ONLY_SOURCES, SLI_IDS
 
 log = logging.getLogger("certpilot.obs")
 
@@ -300,6 +300,10 @@ class InventoryCollector:
                 )
             if item.not_after is None:
                 continue  # nothing was read at this location: no certificate series
+            if item.source in SEEN_ONLY_SOURCES:
+                # A certificate seen in a CT log is not deployed anywhere: its expiry is nobody's
+                # outage, so it gets no expiry series (its problems above still page).
+                continue
 
             cert_labels = [
                 item.ref,
@@ -633,6 +637,78 @@ class Metrics:
             registry=registry,
         )
         self._crl_errors_seen: dict[tuple[str, str], int] = {}
+        self.ct_tree_size = Gauge(
+            "certpilot_ct_tree_size",
+            "Entries in the log's latest verified tree head.",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_next_index = Gauge(
+            "certpilot_ct_next_index",
+            "First entry of the log certpilot has not processed yet.",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_backlog = Gauge(
+            "certpilot_ct_backlog_entries",
+            "Entries in the latest verified tree head not processed yet.",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_sth_timestamp = Gauge(
+            "certpilot_ct_sth_timestamp_seconds",
+            "Timestamp of the log's latest verified tree head (alert when it gets old: the "
+            "log stopped publishing, or certpilot cannot reach it).",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_lag = Gauge(
+            "certpilot_ct_lag_seconds",
+            "How far behind the log certpilot is: now minus the timestamp of the last entry "
+            "processed (0 when nothing is waiting).",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_up = Gauge(
+            "certpilot_ct_log_up",
+            "1 when the last read of the log succeeded and verified.",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_entries = Counter(
+            "certpilot_ct_entries_total", "Log entries processed.", ["log"], registry=registry
+        )
+        self.ct_matches = Counter(
+            "certpilot_ct_matches_total",
+            "Entries matching the watchlist.",
+            ["log"],
+            registry=registry,
+        )
+        self.ct_failures = Counter(
+            "certpilot_ct_verification_failures_total",
+            "Checks a log failed: bad_signature, inconsistent, bad_inclusion, malformed_entry.",
+            ["log", "kind"],
+            registry=registry,
+        )
+        self.ct_issuances = Counter(
+            "certpilot_ct_issuances_total",
+            "Watched certificates seen in CT, by verdict (expected, unexpected, pending).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.ct_feed_connected = Gauge(
+            "certpilot_ct_feed_connected",
+            "1 while the certstream-format feed's websocket is connected.",
+            ["url"],
+            registry=registry,
+        )
+        self.ct_feed_events = Counter(
+            "certpilot_ct_feed_events_total",
+            "certstream feed events: messages, malformed, reconnects, heartbeat_gaps.",
+            ["url", "kind"],
+            registry=registry,
+        )
+        self._ct_seen: dict[tuple[str, ...], float] = {}
         self.issuance_latency = Histogram(
             "certpilot_issuance_latency_seconds",
             "Time from ordering a certificate to verifying it is served everywhere.",
@@ -727,6 +803,59 @@ class Metrics:
             if total > seen:
                 self.crl_fetch_errors.labels(*key).inc(total - seen)
                 self._crl_errors_seen[key] = total
+
+    def _ct_inc(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        key = (str(id(counter)), *labels)
+        seen = self._ct_seen.get(key, 0.0)
+        if total > seen:
+            counter.labels(*labels).inc(total - seen)
+            self._ct_seen[key] = total
+        elif key not in self._ct_seen:
+            counter.labels(*labels)
+            self._ct_seen[key] = total
+
+    def observe_ct_log(
+        self,
+        log: str,
+        *,
+        tree_size: int,
+        next_index: int,
+        head_timestamp_ms: int,
+        last_entry_timestamp_ms: int,
+        up: bool,
+        entries: int,
+        matches: int,
+        failures: Mapping[str, int],
+    ) -> None:
+        """One CT log monitor's figures (plain values: obs does not import ctwatch); the
+        counts are cumulative totals, turned into counter increments here."""
+        with self._lock:
+            self.ct_up.labels(log).set(1.0 if up else 0.0)
+            if tree_size or next_index:
+                self.ct_tree_size.labels(log).set(tree_size)
+                self.ct_next_index.labels(log).set(next_index)
+                self.ct_backlog.labels(log).set(max(0, tree_size - next_index))
+            if head_timestamp_ms:
+                self.ct_sth_timestamp.labels(log).set(head_timestamp_ms / 1000)
+            now = self._clock.now().timestamp()
+            waiting = tree_size > next_index
+            lag = now - last_entry_timestamp_ms / 1000 if waiting and last_entry_timestamp_ms else 0
+            self.ct_lag.labels(log).set(max(0.0, lag))
+            self._ct_inc(self.ct_entries, (log,), entries)
+            self._ct_inc(self.ct_matches, (log,), matches)
+            for kind in ("bad_signature", "inconsistent", "bad_inclusion", "malformed_entry"):
+                self._ct_inc(self.ct_failures, (log, kind), failures.get(kind, 0))
+
+    def observe_ct_issuance(self, verdict: str) -> None:
+        self.ct_issuances.labels(verdict).inc()
+
+    def observe_ct_feed(self, url: str, *, connected: bool, counts: Mapping[str, int]) -> None:
+        """A certstream feed's state and cumulative counts (messages, malformed, reconnects,
+        heartbeat_gaps)."""
+        with self._lock:
+            self.ct_feed_connected.labels(url).set(1.0 if connected else 0.0)
+            for kind, total in counts.items():
+                self._ct_inc(self.ct_feed_events, (url, kind), total)
 
     def observe_jobs(self, counts: Mapping[str, int]) -> None:
         """``certpilot_jobs{state}`` from the job store's counts (every state, zeros too)."""

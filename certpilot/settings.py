@@ -6,11 +6,13 @@ live in the YAML: fields that need one name an environment variable or a file in
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -332,6 +334,63 @@ class OwnershipSettings(_Model):
     default: str | None = None
 
 
+class CTLogSettings(_Model):
+    """One Certificate Transparency log: ``url`` (RFC 6962 base URL, or a tiled log's
+    monitoring prefix with ``kind: static``) and ``key``, its base64 DER public key as log lists
+    give it."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    key: str = Field(min_length=1)
+    kind: Literal["rfc6962", "static"] = "rfc6962"
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        try:
+            base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                "not base64 (the log's DER public key, as log lists give it)"
+            ) from None
+        return v
+
+
+class CertstreamSettings(_Model):
+    """A certstream-format websocket feed (unverified: it names certificates, never proves)."""
+
+    url: str = Field(min_length=1, pattern=r"^wss?://")
+    heartbeat_timeout: Duration = 30.0
+
+
+class CTSettings(_Model):
+    """The CT monitor (``ctwatch``) in ``certpilot run``: off until a log or feed is listed.
+
+    ``watch`` lists patterns as certspotter writes them (``example.com``, ``.example.com`` for
+    the domain and all below it, ``*.example.com``); ``watch_file`` adds a file of them.
+    ``allowed_issuers`` are issuer DNs or CNs whose certificates for your names may be expected;
+    with ``trust_inventory_issuers`` the issuers of certificates your inventory holds count too.
+    A log never read before starts at its end (``start: end``) or at entry 0."""
+
+    logs: tuple[CTLogSettings, ...] = ()
+    log_list: str | None = None  # a v3 log list JSON file: every usable log in it
+    certstream: tuple[CertstreamSettings, ...] = ()
+    watch: tuple[str, ...] = ()
+    watch_file: str | None = None
+    start: Literal["end", "beginning"] = "end"
+    interval: Duration = 60.0
+    batch_size: int = Field(default=256, ge=1, le=10000)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    window: int = Field(default=8192, ge=1, le=1_000_000)
+    verify_inclusion: bool = False
+    allowed_issuers: tuple[str, ...] = ()
+    trust_inventory_issuers: bool = True
+    grace: Duration = 900.0  # how long an in-flight order explains a match
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.logs or self.log_list or self.certstream)
+
+
 class Settings(_Model):
     """The whole configuration. Every field has a working default."""
 
@@ -344,6 +403,7 @@ class Settings(_Model):
     remediation: RemediationSettings = Field(default_factory=RemediationSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     ownership: OwnershipSettings = Field(default_factory=OwnershipSettings)
+    ct: CTSettings = Field(default_factory=CTSettings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:

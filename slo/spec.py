@@ -18,6 +18,9 @@ SLI event schema (what the scanner, remediator and CT watcher emit, one event pe
 - ``complete_deployments``: one deployment; good when verified on every target.
 - ``discovery_coverage``: one known location (endpoint or stored certificate) at each evaluation
   tick; good when it was read within the last N minutes (default 15).
+- ``expected_issuance``: one certificate for a watched name seen in Certificate Transparency,
+  once decided; good when it was expected (an allowed issuer, and a key or serial the inventory
+  knows or the remediator ordered), bad for an ``unexpected_issuance``.
 
 Events are counted in ``certpilot_sli_events_total{sli, result="good"|"bad"}`` and stored in
 the inventory's event log, so Prometheus and the in-process engine read the same stream.
@@ -226,6 +229,14 @@ PRESETS: tuple[Preset, ...] = (
         99.0,
         "Known endpoints are probed at least every 15 minutes.",
         "discovery-coverage",
+    ),
+    Preset(
+        "expected_issuance",
+        "cert-expected-issuance",
+        99.0,
+        "Certificates issued for our names (seen in CT) were ordered by us.",
+        "expected-issuance",
+        PERIOD_RATIO_EVENTS,  # a few certificates a day: most 5-minute windows are empty
     ),
 )
 

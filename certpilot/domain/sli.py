@@ -23,6 +23,7 @@ SLI_IDS: tuple[str, ...] = (
     "issuance_latency",
     "complete_deployments",
     "discovery_coverage",
+    "expected_issuance",
 )
 
 
@@ -59,6 +60,9 @@ class SLISample:
 
 #: Sources whose locations the discovery-coverage SLI counts.
 COVERED_SOURCES: frozenset[str] = frozenset({"tls", "file", "openbao", "k8s"})
+#: Sources that report certificates seen elsewhere (Certificate Transparency), not deployed:
+#: no expiry series, not part of coverage or validity.
+SEEN_ONLY_SOURCES: frozenset[str] = frozenset({"ct"})
 
 
 def valid_ratio_events(observations: Iterable[Observation], at: datetime) -> list[SLIEvent]:

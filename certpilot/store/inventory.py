@@ -1071,6 +1071,32 @@ class Inventory(engines.EngineBacked):
             der = conn.execute(stmt).scalar_one_or_none()
         return bytes(der) if der is not None else None
 
+    def fingerprints_seen_outside(self, sources: Iterable[str]) -> list[str]:
+        """Fingerprints of the certificates some location of a source *not* in ``sources``
+        presents or presented: a CT monitor asks "is this key or serial ours?" without counting
+        the certificates it recorded itself (``sources=("ct",)``)."""
+        stmt = (
+            select(SIGHTING.c.fingerprint_sha256)
+            .join(LOCATION, LOCATION.c.ref == SIGHTING.c.ref)
+            .where(LOCATION.c.source.not_in(sorted(set(sources))))
+            .distinct()
+        )
+        with self._read() as conn:
+            return [str(r[0]) for r in conn.execute(stmt).all()]
+
+    def certificates_der(self, fingerprints: Sequence[str]) -> dict[str, bytes]:
+        """The DER of each stored certificate among ``fingerprints`` (lowercase hex), read in
+        chunks; unknown fingerprints are left out."""
+        out: dict[str, bytes] = {}
+        fps = list(dict.fromkeys(fingerprints))
+        with self._read() as conn:
+            for i in range(0, len(fps), 500):
+                stmt = select(CERTIFICATE.c.fingerprint_sha256, CERTIFICATE.c.der).where(
+                    CERTIFICATE.c.fingerprint_sha256.in_(fps[i : i + 500])
+                )
+                out.update((str(fp), bytes(der)) for fp, der in conn.execute(stmt).all())
+        return out
+
     def sightings(
         self, *, ref: str | None = None, fingerprint_sha256: str | None = None
     ) -> list[Sighting]:

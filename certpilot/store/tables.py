@@ -352,3 +352,26 @@ class SlackRequestRow(SQLModel, table=True):
 
 SLACK_PAGE = _table(SlackPageRow)
 SLACK_REQUEST = _table(SlackRequestRow)
+
+
+class CTLogRow(SQLModel, table=True):
+    """Where the Certificate Transparency monitor is in one log (``ctwatch.monitor``).
+
+    ``head`` is the last tree head whose signature and consistency with the previous one were
+    verified (JSON: size, root, timestamp and the raw answer), so a restart checks the next head
+    against it; ``next_index`` the first entry not yet processed and ``compact`` the compact
+    Merkle range over the entries before it (``ctwatch.tree.CompactRange`` as JSON), so entries
+    downloaded after a restart are still checked against the signed root. Written after the
+    entries' findings are stored: a crash re-reads a window, it never skips one."""
+
+    __tablename__ = "ct_log"
+
+    url: str = Field(primary_key=True, sa_type=Text)
+    kind: str = Field(default="rfc6962", max_length=16)
+    head: dict[str, Any] | None = Field(default=None, sa_type=JSONText)
+    next_index: int = Field(default=0, sa_type=BigInteger)
+    compact: dict[str, Any] | None = Field(default=None, sa_type=JSONText)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+CT_LOG = _table(CTLogRow)

@@ -193,6 +193,7 @@ class LoopbackCTLog(ThreadedServer):
         self.sths: list[STH] = []  # every published tree head, oldest first
         self._tamper_sig = False
         self._tamper_consistency = False
+        self._tamper_audit = False
         self._tampered_entries: set[int] = set()
         self._rate_limited = 0
         self._retry_after = 1
@@ -231,6 +232,11 @@ class LoopbackCTLog(ThreadedServer):
             precert_der, list(chain) if chain is not None else [issuer_cert]
         )
         return self._append(leaf, extra)
+
+    def add_raw(self, leaf_input: bytes, extra_data: bytes) -> int:
+        """Log arbitrary bytes as an entry (a malformed one, for the monitor's sake): the tree
+        hashes them like any other leaf, so the signed root still commits to them."""
+        return self._append(bytes(leaf_input), bytes(extra_data))
 
     def _append(self, leaf: bytes, extra: bytes) -> int:
         with self._lock:
@@ -279,6 +285,10 @@ class LoopbackCTLog(ThreadedServer):
         """``get-sth-consistency`` serves proofs with one byte flipped (or one hash too many)."""
         self._tamper_consistency = True
 
+    def tamper_audit_path(self) -> None:
+        """``get-proof-by-hash`` serves audit paths with one byte flipped."""
+        self._tamper_audit = True
+
     def tamper_entry(self, index: int) -> None:
         """``get-entries`` serves entry ``index`` with its timestamp changed (it still parses)."""
         self._tampered_entries.add(index)
@@ -290,7 +300,7 @@ class LoopbackCTLog(ThreadedServer):
 
     def heal(self) -> None:
         """Turn every fault knob off."""
-        self._tamper_sig = self._tamper_consistency = False
+        self._tamper_sig = self._tamper_consistency = self._tamper_audit = False
         self._tampered_entries.clear()
         self._rate_limited = 0
 
@@ -410,6 +420,8 @@ class LoopbackCTLog(ThreadedServer):
                 {"error_message": "hash not found", "success": False}, status=404
             )
         path = inclusion_path(index, hashes_)
+        if self._tamper_audit and path:
+            path = [_flip(path[0]), *path[1:]]
         return web.json_response({"leaf_index": index, "audit_path": [_b64(p) for p in path]})
 
     def _app(self) -> web.Application:

@@ -156,7 +156,7 @@ def test_presets_round_trip_exactly() -> None:
 
 def test_export_shape() -> None:
     docs = to_openslo(default_slos())
-    assert [d["kind"] for d in docs] == ["SLO", "SLI"] * 6
+    assert [d["kind"] for d in docs] == ["SLO", "SLI"] * len(default_slos().slos)
     assert {d["apiVersion"] for d in docs} == {"openslo/v1"}
     slo, sli = docs[0], docs[1]
     assert slo["metadata"]["name"] == "certpilot-cert-valid-ratio"

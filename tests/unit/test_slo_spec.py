@@ -108,6 +108,7 @@ def test_low_traffic_presets_use_the_events_period_ratio() -> None:
         "issuance_latency": "events",
         "complete_deployments": "events",
         "discovery_coverage": "optimized",
+        "expected_issuance": "events",
     }
     assert {p.sli: p.period_ratio for p in PRESETS} == by_sli
     assert default_period_ratio(None) == "optimized"  # a Sloth events SLI: Sloth's default
