@@ -21,6 +21,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from certpilot.ctwatching import CTRuntime, RecordedIssuance, open_ct
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event, InventoryItem
 from certpilot.domain.model import EndpointTarget, Observation, Target
@@ -517,6 +518,34 @@ class Service:
                 crl_cache=crl_cache,
             )
 
+            ct_rt: CTRuntime | None = None
+            if self.settings.ct.enabled:
+                loop = asyncio.get_running_loop()
+
+                def ct_recorded(recorded: Sequence[RecordedIssuance]) -> None:
+                    # Called from a worker thread: page on the loop.
+                    if any(r.verdict.expected is False for r in recorded):
+                        loop.call_soon_threadsafe(
+                            lambda: asyncio.ensure_future(inventory_changed())
+                        )
+
+                ct_rt, ct_logs = open_ct(
+                    self.settings.ct,
+                    self.clock,
+                    inventory=inventory,
+                    store_url=self.settings.store.url,
+                    jobs=rt.jobs,
+                    metrics=metrics,
+                    owners=owner_rules(self.settings),
+                    default_owner=self.settings.ownership.default,
+                    source=str(self.config_path or "config"),
+                    on_recorded=ct_recorded,
+                )
+                stack.callback(ct_rt.store.close)
+                stack.push_async_callback(ct_rt.aclose)
+                ct_rt.start(ct_logs, stop)
+                log.info("watching %d CT logs", len(ct_logs))
+
             kube = self.settings.targets.kubernetes
             store_prefixes = [
                 *(f"openbao://{b.get('name', '')}/" for b in self.settings.targets.openbao),
@@ -552,6 +581,8 @@ class Service:
                         log.exception("scan cycle failed")
                         return
                     self.ready = True
+                    if ct_rt is not None:
+                        ct_rt.inventory_ready.set()
                     await inventory_changed()
                     counts = Counter(c.value for o in res.observations for c in o.codes)
                     log.info(

@@ -533,6 +533,9 @@ class CTRuntime:
     cache: ExpectationCache | None = None
     on_event: Callable[[CTEvent], None] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Set once the inventory holds a first full scan: judging CT matches against an empty
+    #: inventory would call every one of our own certificates unexpected.
+    inventory_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def refresh(self) -> None:
         assert self.cache is not None
@@ -586,15 +589,15 @@ class CTRuntime:
                 on_matches=self.on_matches,
             )
             self.monitors.append(m)
-            self.tasks.append(
-                asyncio.create_task(
-                    m.run(interval=self.ct.interval, stop=stop, on_step=self._observe(m)),
-                    name=f"ct-{info.url}",
-                )
-            )
+            self.tasks.append(asyncio.create_task(self._follow(m, stop), name=f"ct-{info.url}"))
         self.tasks.append(asyncio.create_task(self._refresh_loop(stop), name="ct-refresh"))
 
+    async def _follow(self, m: Monitor, stop: asyncio.Event) -> None:
+        await self.inventory_ready.wait()
+        await m.run(interval=self.ct.interval, stop=stop, on_step=self._observe(m))
+
     async def _refresh_loop(self, stop: asyncio.Event) -> None:
+        await self.inventory_ready.wait()
         while not stop.is_set():
             try:
                 await self.refresh()
