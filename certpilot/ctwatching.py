@@ -94,7 +94,7 @@ def open_source(info: LogInfo, fetcher: Fetcher | None = None) -> LogSource:
     if info.kind == "static":
         from ctwatch.tiled import TiledLog  # only tiled setups load it
 
-        return TiledLog(info.url, info.key_der, fetcher=fetcher)
+        return TiledLog(info.url, info.key_der, origin=info.origin, fetcher=fetcher)
     return RFC6962Log(info.url, info.key_der, fetcher=fetcher)
 
 

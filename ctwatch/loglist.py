@@ -30,6 +30,7 @@ class LogInfo:
     kind: LogKind = "rfc6962"
     description: str = ""
     operator: str = ""
+    origin: str | None = None  # tiled logs: the checkpoint origin (submission prefix)
 
     @property
     def log_id(self) -> str:
@@ -81,6 +82,12 @@ def parse_log_list(data: object, source: str) -> list[LogInfo]:
                 if not isinstance(url, str) or not url.startswith(("https://", "http://")):
                     raise ConfigError(source, f"{where}.{url_field}", "not an http(s) URL", url)
                 key = decode_key(lg.get("key"), f"{where}.key", source)
+                origin: str | None = None
+                submission = lg.get("submission_url")
+                if kind == "static" and isinstance(submission, str) and "://" in submission:
+                    # static-ct-api: the checkpoint origin is the submission prefix without
+                    # its scheme (and trailing slash), which may differ from the monitoring one.
+                    origin = submission.split("://", 1)[1].rstrip("/")
                 out.append(
                     LogInfo(
                         url=url,
@@ -88,6 +95,7 @@ def parse_log_list(data: object, source: str) -> list[LogInfo]:
                         kind="static" if kind == "static" else "rfc6962",
                         description=str(lg.get("description", "")),
                         operator=name,
+                        origin=origin,
                     )
                 )
     return out

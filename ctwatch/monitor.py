@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -417,9 +418,11 @@ class Monitor:
                     pos += min(len(got), b_end - pos)
             return out
 
-        parts = await asyncio.gather(
-            *(batch(s, min(s + size, end)) for s in range(start, end, size))
-        )
+        # Batches end on multiples of the batch size: logs page (and tiled logs store) their
+        # entries on such boundaries, so an unaligned start costs one short batch, not a
+        # second request for every batch.
+        bounds = [start, *range((start // size + 1) * size, end, size), end]
+        parts = await asyncio.gather(*(batch(a, b) for a, b in itertools.pairwise(bounds)))
         return [e for part in parts for e in part]
 
     async def _read(self, state: LogState, head: TreeHead, end: int) -> tuple[int, int]:
