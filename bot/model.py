@@ -59,7 +59,15 @@ REDEPLOY_FIXES = frozenset({"not_deployed", "incomplete_chain", "CertificateNotD
 
 #: Problems that page (wake someone) rather than ticket.
 PAGING = frozenset(
-    {"expired", "revoked", "not_deployed", "connection_refused", "tls_error", "timeout"}
+    {
+        "expired",
+        "revoked",
+        "not_deployed",
+        "connection_refused",
+        "tls_error",
+        "timeout",
+        "unexpected_issuance",  # a possible mis-issuance: as the UnexpectedIssuance rule, a page
+    }
 )
 
 

@@ -243,10 +243,14 @@ class ExpectationCache:
         pending: list[str] = []
         if self._jobs is not None:
             since = self._clock.now() - timedelta(seconds=self._ct.grace)
+            # An order may be at the CA: its precertificate can be logged before the job
+            # stores the serial. A job that failed or rolled back recently may have had a
+            # certificate issued whose serial it never stored.
             for job in self._jobs.list(_ORDERING_STATES):
                 pending.extend(job.names)
-            for job in self._jobs.list(updated_since=since):
-                pending.extend(job.names)
+            for job in self._jobs.list(["failed", "rolled_back"], updated_since=since):
+                if not job.new_serial:
+                    pending.extend(job.names)
             for job in self._jobs.list(["done", "rolled_back", "failed"]):
                 if job.new_serial:
                     ordered.append(job.new_serial)

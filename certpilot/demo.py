@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from certpilot import demo_remedy
+from certpilot import demo_ct, demo_remedy
 from certpilot.app import scan_and_record, slo_cycle
 from certpilot.cli_jobs import job_table
 from certpilot.demo_slack import DemoPages
@@ -31,7 +31,7 @@ from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics
 from certpilot.report import grouped_report, scan_table, slo_table
 from certpilot.settings import Settings
-from certpilot.store import Inventory
+from certpilot.store import Inventory, JobStore
 from scanner.runner import Scanner, ScanOptions
 from scanner.tls_endpoint import ProbeSettings
 from slo import service as slo_service
@@ -232,6 +232,16 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
                     console.print(Text("Slack, after the fixes: edits and thread replies", "bold"))
                     await pages.sync(statuses)
                     pages.show(console, limit=6)
+            _section(console, "7. Certificate Transparency: an unexpected issuance caught")
+            job_store = JobStore.open(db_url)
+            try:
+                wrong += await demo_ct.ct_section(
+                    inventory, job_store, issuer, metrics, clock, console
+                )
+            finally:
+                job_store.close()
+            await pages.sync()
+            pages.show(console, limit=2)
             pages.close()
 
             _section(console, "next")
@@ -239,6 +249,7 @@ async def _demo(options: DemoOptions, state: Path, clock: Clock, console: Consol
             console.print(f"  certpilot inventory --db {db_url} --problem expired --format json")
             console.print(f"  certpilot slo status --db {db_url}")
             console.print(f"  certpilot jobs --db {db_url}")
+            console.print(f"  certpilot inventory --db {db_url} --source ct")
             console.print(f"  certpilot audit list --db {db_url}")
             console.print(
                 f"  certpilot policy explain pay.demo.certpilot.test --policy "

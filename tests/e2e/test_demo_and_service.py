@@ -45,6 +45,10 @@ async def test_demo_classifies_every_endpoint(tmp_path: Path) -> None:
         "policy decisions",
         "before -> after (rescanned)",
         "audit chain ok",
+        "7. Certificate Transparency: an unexpected issuance caught",
+        "hashed back to the signed root",
+        "the monitor refused the window holding it",
+        "certificates issued unexpectedly (seen in CT)",
     ):
         assert heading in out
     # Every renewal the policy allowed (or a person approved) is done; legacy stays dry-run.
@@ -70,6 +74,9 @@ async def test_demo_classifies_every_endpoint(tmp_path: Path) -> None:
     ):
         assert code in out, code
     assert "✗" not in out
+    # Exactly the two certificates nobody ordered are unexpected; the fleet's own are expected.
+    assert out.count("UNEXPECTED") == 2
+    assert "login.demo.certpilot.test" in out and "ordered by certpilot" in out
     assert (tmp_path / "inventory.db").exists()
 
 
