@@ -544,7 +544,12 @@ class Service:
                 stack.callback(ct_rt.store.close)
                 stack.push_async_callback(ct_rt.aclose)
                 ct_rt.start(ct_logs, stop)
-                log.info("watching %d CT logs", len(ct_logs))
+                ct_rt.start_feeds(stop)
+                log.info(
+                    "watching %d CT logs and %d certstream feeds",
+                    len(ct_logs),
+                    len(self.settings.ct.certstream),
+                )
 
             kube = self.settings.targets.kubernetes
             store_prefixes = [

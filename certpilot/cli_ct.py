@@ -99,6 +99,27 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     w.add_argument("--concurrency", type=_count, default=4, metavar="N", help="requests at once")
     w.add_argument("--format", choices=["text", "json"], default="text")
 
+    st = ctsub.add_parser(
+        "stream",
+        help="follow a certstream-format websocket feed and report watched names (unverified)",
+        description="Connect to a certstream server (certstream-server-go's /, /full-stream "
+        "or /domains-only, or CaliDog's) and print the entries whose names match --watch. The "
+        "feed proves nothing (no signatures, no proofs): use ct watch for verified monitoring. "
+        "Reconnects with backoff; stops after --count matches or --seconds, or on Ctrl-C.",
+    )
+    st.add_argument("--url", required=True, metavar="WS_URL", help="ws:// or wss:// URL")
+    st.add_argument("--watch", action="append", default=[], metavar="FILE", help="watchlist")
+    st.add_argument("--count", type=_count, metavar="N", help="stop after N matches")
+    st.add_argument("--seconds", type=_duration, metavar="S", help="stop after S seconds")
+    st.add_argument(
+        "--heartbeat-timeout",
+        type=_duration,
+        default=30.0,
+        metavar="S",
+        help="reconnect after S seconds without any message (default 30s)",
+    )
+    st.add_argument("--format", choices=["text", "json"], default="text")
+
 
 def _log_info(args: argparse.Namespace) -> Any:
     from ctwatch.loglist import LogInfo, load_log_list
@@ -183,18 +204,11 @@ class _Printer:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from certpilot.ctwatching import WatchlistFile, open_source
-    from ctwatch.match import Watchlist
+    from certpilot.ctwatching import open_source
     from ctwatch.monitor import CTEvent, MemoryState, Monitor, MonitorOptions
 
     info = _log_info(args)
-    watch = [WatchlistFile(path=p)() for p in args.watch]
-    patterns = [p for w in watch for p in w.patterns()]
-    watchlist = (
-        Watchlist.from_patterns(patterns)
-        if len(watch) > 1
-        else (watch[0] if watch else Watchlist.from_patterns([]))
-    )
+    watchlist = _watchlist(args.watch)
     printer = _Printer(args.format, sys.stdout)
     trusted = None
     if args.trusted_sth:
@@ -280,9 +294,104 @@ async def _watch(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if printer.failures or printer.errors else EXIT_OK
 
 
+def _watchlist(paths: list[str]) -> Any:
+    from certpilot.ctwatching import WatchlistFile
+    from ctwatch.match import Watchlist
+
+    lists = [WatchlistFile(path=p)() for p in paths]
+    if len(lists) == 1:
+        return lists[0]
+    return Watchlist.from_patterns([p for w in lists for p in w.patterns()])
+
+
+async def _stream(args: argparse.Namespace) -> int:
+    from ctwatch.certstream import CertstreamClient, FeedEntry
+
+    if not args.url.startswith(("ws://", "wss://")):
+        raise UsageError("--url", f"expected a ws:// or wss:// URL, got {args.url!r}")
+    watchlist = _watchlist(args.watch)
+    console = _console()
+    err = _console(stderr=True)
+    matches = 0
+
+    def on_event(kind: str, detail: str) -> None:
+        if args.format == "json":
+            print(json.dumps({"event": kind, "url": args.url, "detail": detail}), flush=True)
+        else:
+            err.print(f"[dim]{kind}[/]: {detail}", markup=True, highlight=False)
+
+    client = CertstreamClient(args.url, heartbeat_timeout=args.heartbeat_timeout, on_event=on_event)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if args.seconds is not None:
+        loop.call_later(args.seconds, stop.set)
+    stream = client.messages()
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            nxt = asyncio.ensure_future(anext(stream))
+            done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+                break
+            msg = nxt.result()
+            if not isinstance(msg, FeedEntry):
+                continue
+            hits = watchlist.match_any(msg.names)
+            if not hits:
+                continue
+            matches += 1
+            event = {
+                "event": "match",
+                "source": "certstream",
+                "log": msg.log_url,
+                "index": msg.index,
+                "entry_type": msg.entry_type,
+                "sha256": msg.sha256,
+                "names": list(msg.names),
+                "matched": sorted({p for _n, p in hits}),
+                "issuer": msg.issuer,
+                "serial": msg.serial,
+                "not_after": msg.not_after.isoformat().replace("+00:00", "Z")
+                if msg.not_after
+                else None,
+            }
+            if args.format == "json":
+                print(json.dumps(event, separators=(",", ":")), flush=True)
+            else:
+                console.print(
+                    f"[bold]match[/] {', '.join(msg.names[:4])}  issuer {msg.issuer}  "
+                    f"({msg.log_url} #{msg.index}, unverified)",
+                    markup=True,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            if args.count is not None and matches >= args.count:
+                break
+    except StopAsyncIteration:
+        pass
+    finally:
+        stopper.cancel()
+        await stream.aclose()
+        await client.aclose()
+    if args.format == "text":
+        err.print(
+            f"{args.url}: {client.received} messages, {matches} matches, "
+            f"{client.malformed} malformed, {client.reconnects} reconnects",
+            highlight=False,
+        )
+    return EXIT_OK if client.connections else EXIT_PROBLEMS
+
+
 def run(args: argparse.Namespace) -> int:
     if args.ct_command == "watch":
         return asyncio.run(_watch(args))
+    if args.ct_command == "stream":
+        return asyncio.run(_stream(args))
     raise UsageError("ct", f"unknown action {args.ct_command}")
 
 

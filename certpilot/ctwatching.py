@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ from certpilot.settings import CTSettings
 from certpilot.store import Inventory
 from certpilot.store.ct import CTStore
 from certpilot.store.jobs import JobStore
+from ctwatch.certstream import CertstreamClient, FeedEntry
 from ctwatch.classify import (
     Expectations,
     IssuanceFacts,
@@ -500,6 +502,25 @@ class IssuanceRecorder:
         return self._store(changed)
 
 
+_CN = re.compile(r"(?:^|[/,]\s*)CN=([^/,]+)")
+
+
+def feed_facts(entry: FeedEntry) -> IssuanceFacts:
+    """What classification needs from a certstream entry: from its DER when the full stream
+    sent it (exact issuer and key), else from the feed's fields (no key; the issuer's CN is
+    read from its "aggregated" string, whose field order differs between servers)."""
+    if entry.der:
+        with contextlib.suppress(ValueError):
+            cert = x509.load_der_x509_certificate(entry.der)
+            info = cert_info(cert, entry.der)
+            return IssuanceFacts(
+                entry.names, info.serial, info.spki_sha256, info.issuer, info.issuer_cn
+            )
+    m = _CN.search(entry.issuer)
+    cn = m.group(1).strip() if m else ""
+    return IssuanceFacts(entry.names, entry.serial, "", entry.issuer, cn)
+
+
 def _infos(chain: Sequence[bytes]) -> Iterable[CertInfo]:
     for der in chain:
         with contextlib.suppress(ValueError):
@@ -599,6 +620,71 @@ class CTRuntime:
     async def _follow(self, m: Monitor, stop: asyncio.Event) -> None:
         await self.inventory_ready.wait()
         await m.run(interval=self.ct.interval, stop=stop, on_step=self._observe(m))
+
+    def start_feeds(self, stop: asyncio.Event) -> None:
+        """One task per ``ct.certstream`` feed: matched entries are recorded (labelled
+        ``ct_source=certstream``: a hint, never verified)."""
+        for feed in self.ct.certstream:
+            client = CertstreamClient(feed.url, heartbeat_timeout=feed.heartbeat_timeout)
+            self.tasks.append(
+                asyncio.create_task(self._follow_feed(client, stop), name=f"certstream-{feed.url}")
+            )
+
+    async def _follow_feed(self, client: CertstreamClient, stop: asyncio.Event) -> None:
+        await self.inventory_ready.wait()
+        last_metrics = 0.0
+        loop = asyncio.get_running_loop()
+
+        def observe() -> None:
+            if self.metrics is not None:
+                self.metrics.observe_ct_feed(
+                    client.url,
+                    connected=client.connected,
+                    counts={
+                        "messages": client.received,
+                        "malformed": client.malformed,
+                        "reconnects": client.reconnects,
+                        "heartbeat_gaps": client.heartbeat_gaps,
+                    },
+                )
+
+        stream = client.messages()
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                nxt = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    await asyncio.gather(nxt, return_exceptions=True)
+                    break
+                msg = nxt.result()
+                if loop.time() - last_metrics > 1.0:
+                    last_metrics = loop.time()
+                    observe()
+                if not isinstance(msg, FeedEntry) or not self.watchlist().match_any(msg.names):
+                    continue
+                facts = feed_facts(msg)
+                try:
+                    await asyncio.to_thread(
+                        self.recorder.record_feed,
+                        facts=facts,
+                        der=msg.der,
+                        feed=client.url,
+                        log_url=msg.log_url,
+                        index=msg.index,
+                        not_before=msg.not_before,
+                        exp=self.expectations,
+                    )
+                except Exception:
+                    log.exception("recording a certstream match failed")
+        except StopAsyncIteration:
+            pass
+        finally:
+            stopper.cancel()
+            await stream.aclose()
+            await client.aclose()
+            observe()
 
     async def _refresh_loop(self, stop: asyncio.Event) -> None:
         await self.inventory_ready.wait()

@@ -279,3 +279,42 @@ def test_certspotter_finds_the_same_certificates(
         proc.wait(10)
     theirs = set(re.findall(r"^([0-9a-f]{64}):", out_path.read_text(), re.M))
     assert theirs == ours, (out_path.read_text(), err_path.read_text())
+
+
+def test_stream_prints_feed_matches_and_stops_after_count(
+    ca: LocalCA, now: datetime, watch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from tests.support.certstream_server import LoopbackCertstream, certificate_update
+
+    with LoopbackCertstream(heartbeat_interval=None) as feed:
+
+        def send_when_connected() -> None:
+            deadline = time.monotonic() + 20
+            while feed.client_count == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            feed.send(certificate_update(ca.issue(["x.other.test"], now).cert, index=1))
+            feed.send(certificate_update(ca.issue(["a.watched.test"], now).cert, index=2))
+            feed.send(certificate_update(ca.issue(["b.watched.test"], now).cert, index=3))
+
+        sender = threading.Thread(target=send_when_connected)
+        sender.start()
+        args = ["--url", feed.ws_url("/"), "--watch", str(watch), "--count", "2"]
+        code = main(["ct", "stream", *args, "--seconds", "30", "--format", "json"])
+        sender.join()
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert out[0]["event"] == "connected"
+    matches = [e for e in out if e["event"] == "match"]
+    assert [m["names"] for m in matches] == [["a.watched.test"], ["b.watched.test"]]
+    assert matches[0]["source"] == "certstream" and matches[0]["index"] == 2
+
+
+def test_stream_that_never_connects_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["ct", "stream", "--url", "ws://127.0.0.1:9/", "--seconds", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "0 messages" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["ct", "stream", "--url", "http://x/", "--seconds", "1"]))
+    assert e.value.code == 2 and "expected a ws:// or wss:// URL" in capsys.readouterr().err

@@ -218,3 +218,69 @@ async def test_matches_are_classified_into_the_inventory(world: World) -> None:
         "serial known to the inventory",
         "key known to the inventory",
     }
+
+
+async def test_certstream_feed_matches_are_recorded_as_unverified_hints(tmp_path: Path) -> None:
+    """``ct.certstream``: a feed's matches become ``ct://`` locations too, labelled as coming
+    from the (unverified) feed; ours is expected, a rogue CA's is unexpected."""
+    from tests.support.certstream_server import LoopbackCertstream, certificate_update
+
+    now = datetime.now(UTC)
+    ours, evil = LocalCA("Ours", now), LocalCA("Evil", now)
+    site = tmp_path / "site.pem"
+    issued = ours.issue(["www.ours.test"], now)
+    site.write_bytes(issued.chain_pem())
+    rogue = evil.issue(["evil.ours.test"], now)
+    with LoopbackCertstream(heartbeat_interval=0.5) as feed:
+        settings = settings_from_mapping(
+            {
+                "store": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+                "http": {"host": "127.0.0.1", "port": 0},
+                "scan": {"interval": "1h", "system_trust": False},
+                "slo": {"evaluation_interval": "1h"},
+                "targets": {"files": [str(site)]},
+                "remediation": {"enabled": False},
+                "ct": {
+                    "certstream": [{"url": feed.ws_url("/full-stream")}],
+                    "watch": [".ours.test"],
+                },
+            },
+            "test",
+        )
+        service = Service(settings, SystemClock(), env={})
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        try:
+            await eventually(lambda: _connected(feed, task), "the service to connect to the feed")
+            feed.send(certificate_update(issued.cert, index=7))
+            feed.send(certificate_update(ours.issue(["x.elsewhere.test"], now).cert, index=8))
+            feed.send(certificate_update(rogue.cert, index=9))
+            async with aiohttp.ClientSession() as session:
+                base = f"http://127.0.0.1:{service.port}"
+
+                async def two() -> list[dict[str, Any]] | None:
+                    async with session.get(base + "/api/v1/inventory?source=ct") as resp:
+                        items = (await resp.json())["items"]
+                    return items if len(items) == 2 else None
+
+                items = {i["target"]: i for i in await eventually(two, "two feed matches")}
+                assert items["www.ours.test"]["problems"] == []
+                assert items["evil.ours.test"]["problems"] == ["unexpected_issuance"]
+                for i in items.values():
+                    assert i["labels"]["ct_source"] == "certstream"
+                    assert i["labels"]["ct_feed"] == feed.ws_url("/full-stream")
+                assert items["evil.ours.test"]["labels"]["ct_index"] == "9"
+
+                async with session.get(base + "/metrics") as resp:
+                    text = await resp.text()
+                url = feed.ws_url("/full-stream")
+                assert f'certpilot_ct_feed_connected{{url="{url}"}} 1.0' in text
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=DEADLINE)
+
+
+async def _connected(feed: Any, task: asyncio.Task[None]) -> bool | None:
+    if task.done():
+        task.result()
+    return True if feed.client_count > 0 else None
