@@ -533,10 +533,14 @@ def _config_check(args: argparse.Namespace) -> int:
     from certpilot.app import store_scans
 
     stores = store_scans(settings, SystemClock(), os.environ, source=str(path))
+    from certpilot.ctwatching import WatchlistFile, configured_logs
+
+    ct_logs = configured_logs(settings.ct, str(path))
+    watched = len(WatchlistFile(settings.ct.watch, settings.ct.watch_file)())
     print(
         f"{path}: ok ({len(settings.targets.endpoints)} endpoints, "
         f"{len(settings.targets.files)} file patterns, {len(stores)} secrets stores, "
-        f"{len(issuers)} issuers, "
+        f"{len(issuers)} issuers, {len(ct_logs)} CT logs watching {watched} patterns, "
         f"{len(deploy)} deploy targets, store {settings.store.url}, "
         f"http {settings.http.host}:{settings.http.port})"
     )

@@ -583,6 +583,32 @@ def _symptoms(policy: JudgePolicy, page_days: float) -> list[_Symptom]:
             "1h",
         )
     )
+    out.append(
+        _Symptom(
+            "CTLogVerificationFailed",
+            "sum by (log, kind) (increase(certpilot_ct_verification_failures_total"
+            '{kind!="malformed_entry"}[15m])) > 0',
+            "page",
+            "CT log {{ $labels.log }} failed verification ({{ $labels.kind }})",
+            "The log served a tree head whose signature does not verify, a tree inconsistent "
+            "with the one certpilot verified before, or entries that do not hash to its signed "
+            "root: it may be compromised or showing monitors different views. certpilot stopped "
+            "reading it and keeps its last verified position.",
+            "ct-log-verification",
+        )
+    )
+    out.append(
+        _Symptom(
+            "CTLogUnreachable",
+            "max by (log) (certpilot_ct_log_up) == 0",
+            "ticket",
+            "CT log {{ $labels.log }} cannot be read",
+            "certpilot could not read or verify {{ $labels.log }} for 30 minutes: while it "
+            "cannot, certificates logged there for your names go unseen.",
+            "ct-log-unreachable",
+            "30m",
+        )
+    )
     return out
 
 

@@ -59,6 +59,8 @@ SYMPTOMS = {
     "UnexpectedIssuance": "page",
     "CertpilotInventoryDown": "ticket",
     "CRLStale": "ticket",
+    "CTLogVerificationFailed": "page",
+    "CTLogUnreachable": "ticket",
 }
 
 # Sloth's getting-started example (https://github.com/slok/sloth, examples/getting-started.yml).
