@@ -596,6 +596,10 @@ class Monitor:
             except CTLogError as e:  # anything a source raises that step() does not map
                 log.warning("CT log %s: %s", self.url, e)
                 result = StepResult(None, 0, 0, 0, self.status.next_index, error=str(e))
+            except Exception as e:  # the store or on_matches failed: retry, from the saved state
+                log.exception("CT log %s: reading failed", self.url)
+                self.status.up = False
+                result = StepResult(None, 0, 0, 0, self.status.next_index, error=str(e))
             if on_step is not None:
                 on_step(result)
             if result.ok:

@@ -8,6 +8,7 @@ the signed root, a malformed entry (reported, then skipped), a forged audit path
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from ctwatch.monitor import CTEvent, Match, MemoryState, Monitor, MonitorOptions
 from ctwatch.rfc6962_client import RFC6962Log
 from ctwatch.source import TreeHead
 from tests.support.ct_log import LoopbackCTLog, make_precert
+from tests.support.tiled_log import LoopbackTiledLog
 
 DER = serialization.Encoding.DER
 
@@ -47,7 +49,9 @@ class _Recorder:
         return [e for e in self.events if e.kind == kind]
 
 
-def _fill(log: LoopbackCTLog, ca: LocalCA, now: datetime, names: list[list[str]]) -> list[int]:
+def _fill(
+    log: LoopbackCTLog | LoopbackTiledLog, ca: LocalCA, now: datetime, names: list[list[str]]
+) -> list[int]:
     chain = [c.public_bytes(DER) for c in ca.issue(["x.test"], now).chain]
     out: list[int] = []
     for n in names:
@@ -365,3 +369,117 @@ async def test_start_at_the_end_reads_only_what_comes_next(
     assert result.ok and result.processed == 3
     assert [x.index for x in rec.matches] == [25, 27]
     assert rec.matches[1].entry.entry_type == "precert"
+
+
+async def test_a_failure_storing_matches_loses_nothing_and_skips_nothing(
+    ct_log: LoopbackCTLog, ca: LocalCA, now: datetime
+) -> None:
+    """The position is saved only after a window's matches are stored: when storing fails
+    (the database is locked, the process dies), the window is read again."""
+    _fill(ct_log, ca, now, _names(48, watched_every=5))
+    ct_log.publish()
+    state = MemoryState()
+    stored: list[int] = []
+    calls = 0
+
+    async def flaky(found: Sequence[Match]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("database is locked")
+        stored.extend(m.index for m in found)
+
+    rec = _Recorder()
+    m = _monitor(ct_log, rec, now, state=state)
+    m._on_matches = flaky
+    with pytest.raises(RuntimeError):
+        await m.step()
+    saved = state.load(m.url)
+    assert saved is not None and saved.next_index == 16  # the first window only
+    result = await m.step()  # the next cycle: from the saved position
+    await m.source.aclose()
+    assert result.ok and result.next_index == 48
+    assert stored == list(range(0, 48, 5))  # every match once, in order
+
+
+async def test_run_keeps_going_after_a_failure_and_backs_off(
+    ct_log: LoopbackCTLog, ca: LocalCA, now: datetime
+) -> None:
+    _fill(ct_log, ca, now, _names(10, watched_every=3))
+    ct_log.publish()
+    rec = _Recorder()
+    m = _monitor(ct_log, rec, now)
+    calls = 0
+
+    async def flaky(found: Sequence[Match]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        rec.matches.extend(found)
+
+    m._on_matches = flaky
+    stop = asyncio.Event()
+    results: list[bool] = []
+
+    def on_step(r: object) -> None:
+        results.append(getattr(r, "ok", False))
+        if len(results) == 2:
+            stop.set()
+
+    await asyncio.wait_for(m.run(interval=0.01, stop=stop, on_step=on_step), timeout=30)
+    await m.source.aclose()
+    assert results == [False, True]
+    assert [x.index for x in rec.matches] == [0, 3, 6, 9]
+
+
+async def test_a_tiled_log_is_verified_and_followed_the_same_way(
+    ca: LocalCA, now: datetime
+) -> None:
+    from ctwatch.tiled import TiledLog
+
+    with LoopbackTiledLog() as tiled:
+        _fill(tiled, ca, now, _names(300, watched_every=50))
+        tiled.publish()
+        state = MemoryState()
+        rec = _Recorder()
+
+        def monitor() -> Monitor:
+            return Monitor(
+                TiledLog(tiled.url, tiled.key_der),
+                watchlist=lambda: Watchlist.from_patterns([".watched.test"]),
+                emit=rec,
+                state=state,
+                clock=FixedClock(now),
+                options=MonitorOptions(window=100, verify_inclusion=True),
+                on_matches=rec.on_matches,
+            )
+
+        m = monitor()
+        result = await m.step()
+        await m.source.aclose()
+        assert result.ok and result.processed == 300
+        assert [x.index for x in rec.matches] == [0, 50, 100, 150, 200, 250]
+        assert len(rec.of("inclusion_verified")) == 6
+        _fill(tiled, ca, now, [["late.watched.test"], *_names(20)])
+        tiled.publish()
+        m = monitor()  # a restart: consistency from the stored checkpoint, via hash tiles
+        result = await m.step()
+        await m.source.aclose()
+        assert result.ok and result.processed == 21
+        assert rec.of("consistency_verified")[-1].fields["first"] == 300
+        assert rec.matches[-1].index == 300
+
+        tiled.tamper_entry(305)
+        rec2 = _Recorder()
+        m2 = Monitor(
+            TiledLog(tiled.url, tiled.key_der),
+            watchlist=lambda: Watchlist.from_patterns([".watched.test"]),
+            emit=rec2,
+            state=MemoryState(),
+            clock=FixedClock(now),
+            options=MonitorOptions(from_index=256),
+        )
+        result = await m2.step()
+        await m2.source.aclose()
+        assert not result.ok and rec2.of("inconsistent")
