@@ -248,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rg.add_argument("--check", action="store_true", help="only compare with the files in --out")
 
+    db = sub.add_parser("db", help="the database schema: upgrade, current revision, history")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
+    dbsub.required = True
+    for name, text in (
+        ("upgrade", "bring the database's schema to this certpilot's (every start does it too)"),
+        ("downgrade", "take the schema back to REVISION, before running an older certpilot"),
+        ("current", "show the database's schema revision; exit 1 when an upgrade is due"),
+        ("history", "list the schema revisions this certpilot knows"),
+    ):
+        one = dbsub.add_parser(name, help=text, description=text)
+        if name == "downgrade":
+            one.add_argument("revision", metavar="REVISION", help="as `certpilot db history`")
+        if name != "history":
+            one.add_argument("--db", metavar="URL", help="database URL (default: from --config)")
+            one.add_argument("--config", metavar="FILE", help="certpilot.yaml (its store.url)")
+
     d = sub.add_parser("demo", help="see certpilot work on a loopback fleet, no setup")
     d.add_argument("--serve", action="store_true", help="keep the HTTP server up afterwards")
     d.add_argument(
@@ -547,6 +563,46 @@ def _config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _db(args: argparse.Namespace) -> int:
+    from certpilot.store import schema
+    from certpilot.store.engine import redact
+
+    if args.db_command == "history":
+        for rev, doc in schema.history():
+            print(f"{rev}  {doc}")
+        return EXIT_OK
+    url = _store_url(args)
+    if args.db_command == "current":
+        _require_db(url)
+    shown = redact(url)
+    with schema.SchemaStore.open(url) as store:
+        if args.db_command == "current":
+            now_at = store.current()
+            head = schema.head()
+            state = "current" if now_at == head else f"upgrade due to {head}"
+            print(f"{shown}: schema {now_at or 'none'} ({state})")
+            return EXIT_OK if now_at == head else EXIT_PROBLEMS
+        if args.db_command == "downgrade":
+            _require_db(url)
+            order = [rev for rev, _doc in schema.history()]
+            now_at = store.current()
+            if args.revision not in order:
+                raise UsageError("REVISION", f"unknown revision {args.revision!r} ({order})")
+            if now_at not in order or order.index(args.revision) >= order.index(now_at):
+                raise UsageError(
+                    "REVISION", f"{args.revision} is not older than the schema's {now_at}"
+                )
+            before, after = store.downgrade(args.revision)
+            print(f"{shown}: schema downgraded from {before} to {after}")
+            return EXIT_OK
+        before, after = store.upgrade()
+        if before == after:
+            print(f"{shown}: schema {after}, already current")
+        else:
+            print(f"{shown}: schema upgraded from {before or 'empty'} to {after}")
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace) -> int:
     from certpilot.app import Service
 
@@ -732,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_jobs.run(args)
         if args.command == "ct":
             return cli_ct.run(args)
+        if args.command == "db":
+            return _db(args)
     except CertpilotError as e:
         print(f"certpilot: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USAGE

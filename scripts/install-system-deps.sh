@@ -24,6 +24,11 @@ for bin in "${!NEED[@]}"; do
   fi
 done
 
+# PostgreSQL keeps its server binaries off PATH, in /usr/lib/postgresql/<version>/bin.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+
 # de-duplicate (one package can provide several binaries)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 

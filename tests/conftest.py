@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import pytest
 from certpilot.domain.clock import FixedClock, SystemClock
 from certpilot.fleet import Fleet, start_fleet
 from certpilot.localca import LocalCA
+from tests.support.postgres import PostgresCluster, require_postgres
 
 
 @pytest.fixture
@@ -36,3 +37,27 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         yield f
     finally:
         await f.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole run, started on first use."""
+    bindir = require_postgres()
+    cluster = PostgresCluster(tmp_path_factory.mktemp("pg"), bindir)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return pg_cluster.database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on a SQLite file and on PostgreSQL (DESIGN.md: both are tested)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    return cluster.database()

@@ -37,6 +37,7 @@ from certpilot.domain.audit import (
 )
 from certpilot.domain.errors import StoreError
 from certpilot.store import engine as engines
+from certpilot.store import schema
 from certpilot.store.coltypes import sqlite_parse_timestamp
 from certpilot.store.tables import AUDIT
 
@@ -137,10 +138,7 @@ class AuditLog(engines.EngineBacked):
         log = cls(engine, url)
         try:
             with log._write() as conn:
-                # Under the append lock, so two processes opening a new database at once do
-                # not both try to create the table (SQLite: BEGIN IMMEDIATE already serialises).
-                log._lock_appends(conn)
-                AUDIT.metadata.create_all(conn, tables=[AUDIT])
+                schema.upgrade(conn)
         except BaseException:
             engine.dispose()
             raise

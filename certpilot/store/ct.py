@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Row, insert, select, update
 
 from certpilot.store import engine as engines
+from certpilot.store import schema
 from certpilot.store.tables import CT_LOG
 
 _c = CT_LOG.c
@@ -50,7 +51,7 @@ class CTStore(engines.EngineBacked):
         store = cls(engine, url)
         try:
             with store._write() as conn:
-                CT_LOG.metadata.create_all(conn, tables=[CT_LOG])
+                schema.upgrade(conn)
         except BaseException:
             engine.dispose()
             raise

@@ -71,6 +71,7 @@ from certpilot.domain.problems import ProblemCode
 from certpilot.domain.sli import SLI_IDS, SLIEvent, SLISample
 from certpilot.domain.x509 import CertInfo
 from certpilot.store import engine as engines
+from certpilot.store import schema
 from certpilot.store.changes import (
     EventDraft,
     PriorLocation,
@@ -91,7 +92,6 @@ from certpilot.store.coltypes import (
 from certpilot.store.tables import (
     CERTIFICATE,
     EVENT,
-    INVENTORY_TABLES,
     LOCATION,
     LOCATION_SCAN,
     SCAN_RUN,
@@ -534,7 +534,7 @@ class Inventory(engines.EngineBacked):
         self._insert_events = _Bulk(insert(EVENT), engine, _EVENT_COLUMNS)
 
         # remove(): a certificate keeps, as its own last_seen, the last scan of a removed
-        # location that presented it (the sighting that said so goes with the location).
+        # location that presented it (its sighting is closed at that scan too).
         self._keep_cert_seen = _Bulk(
             update(CERTIFICATE)
             .where(c.fingerprint_sha256 == bindparam("b_fp"), c.last_seen < bindparam("b_after"))
@@ -543,9 +543,10 @@ class Inventory(engines.EngineBacked):
             ("b_seen", "b_fp", "b_after"),
         )
         # Children first: sighting and location_scan rows name their location (foreign keys).
+        # Sightings outlive their location (schema 0003): history stays answerable.
         self._delete_location = [
             _Bulk(table.delete().where(table.c.ref == bindparam("b_ref")), engine, ("b_ref",))
-            for table in (SIGHTING, LOCATION_SCAN, LOCATION)
+            for table in (LOCATION_SCAN, LOCATION)
         ]
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -564,8 +565,7 @@ class Inventory(engines.EngineBacked):
         inventory = cls(engine, url)
         try:
             with inventory._write() as conn:
-                # create_all for now; schema changes become migrations in a later issue.
-                CERTIFICATE.metadata.create_all(conn, tables=list(INVENTORY_TABLES))
+                schema.upgrade(conn)
                 # Locations stored before location_scan existed get their scan row, with no
                 # state: their next scan rewrites them once (nothing to do when none lack it).
                 conn.execute(inventory._backfill_scans)
@@ -704,8 +704,9 @@ class Inventory(engines.EngineBacked):
         Contract:
 
         * All or nothing, like :meth:`record` (and serialised with it on PostgreSQL).
-        * Each stored location among ``refs`` is deleted with its scan row and its sightings;
-          refs not stored are ignored, a ref given twice counts once.
+        * Each stored location among ``refs`` is deleted with its scan row; refs not stored
+          are ignored, a ref given twice counts once. Its sightings stay, closed at its last
+          scan: ``sightings(ref=...)`` still answers what it presented.
         * One ``location_removed`` event per removed location, in the order of ``refs``,
           stamped ``now``, with the certificate the location held then (``None`` when its
           last scan found none). Events and certificates outlive the location: a certificate
@@ -732,14 +733,17 @@ class Inventory(engines.EngineBacked):
                 return []
             # The sightings of these locations end at their last scan, the last one that
             # presented the certificates (values straight from the database, as record()
-            # closes sightings with them).
+            # closes sightings with them); they stay, closed, as the location's history.
             seen: dict[str, Any] = {}
+            closing: list[tuple[Any, str, str]] = []
             for ref in gone:
                 p = prior[ref]
                 for fp in chain_fingerprints(p.chain_json):
+                    closing.append((p.last_scanned, ref, fp))
                     if fp not in seen or p.last_scanned > seen[fp]:
                         seen[fp] = p.last_scanned
             self._keep_cert_seen.run(conn, _sorted([(t, fp, t) for fp, t in seen.items()], 1))
+            self._close_sightings.run(conn, _sorted(closing, 1, 2))
             keys = _sorted([(ref,) for ref in gone], 0)
             for delete in self._delete_location:
                 delete.run(conn, keys)
@@ -1110,7 +1114,7 @@ class Inventory(engines.EngineBacked):
         s = SIGHTING.c
         stmt = select(
             s.ref, s.fingerprint_sha256, s.first_seen, _SIGHTING_LAST_SEEN, _SIGHTING_IS_CURRENT
-        ).select_from(SIGHTING.join(LOCATION, LOCATION.c.ref == s.ref).outerjoin(*_WITH_SCAN))
+        ).select_from(SIGHTING.outerjoin(LOCATION, LOCATION.c.ref == s.ref).outerjoin(*_WITH_SCAN))
         if ref is not None:
             stmt = stmt.where(s.ref == ref)
         if fingerprint_sha256 is not None:
@@ -1132,7 +1136,9 @@ class Inventory(engines.EngineBacked):
         latest = (
             select(func.max(_SIGHTING_LAST_SEEN))
             .select_from(
-                SIGHTING.join(LOCATION, LOCATION.c.ref == SIGHTING.c.ref).outerjoin(*_WITH_SCAN)
+                SIGHTING.outerjoin(LOCATION, LOCATION.c.ref == SIGHTING.c.ref).outerjoin(
+                    *_WITH_SCAN
+                )
             )
             .where(SIGHTING.c.fingerprint_sha256 == fp)
         )

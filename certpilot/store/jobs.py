@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from certpilot.domain.errors import CertpilotError, StoreError
 from certpilot.domain.remedy import DeployReceipt
 from certpilot.store import engine as engines
+from certpilot.store import schema
 from certpilot.store.tables import JOBS
 
 #: Every state a job can be in, in lifecycle order (``certpilot_jobs{state}`` uses the same).
@@ -305,7 +306,7 @@ class JobStore(engines.EngineBacked):
         store = cls(engine, url)
         try:
             with store._write() as conn:
-                JOBS.metadata.create_all(conn, tables=[JOBS])
+                schema.upgrade(conn)
         except BaseException:
             engine.dispose()
             raise

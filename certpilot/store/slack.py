@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from certpilot.store import engine as engines
+from certpilot.store import schema
 from certpilot.store.tables import SLACK_PAGE, SLACK_REQUEST
 
 _p = SLACK_PAGE.c
@@ -67,7 +68,7 @@ class SlackStore(engines.EngineBacked):
         store = cls(engine, url)
         try:
             with store._write() as conn:
-                SLACK_PAGE.metadata.create_all(conn, tables=[SLACK_PAGE, SLACK_REQUEST])
+                schema.upgrade(conn)
         except BaseException:
             engine.dispose()
             raise

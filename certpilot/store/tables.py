@@ -138,7 +138,8 @@ class SightingRow(SQLModel, table=True):
     # (https://www.sqlite.org/withoutrowid.html, section 4). Ignored by PostgreSQL.
     __table_args__ = {"sqlite_with_rowid": False}
 
-    ref: str = Field(primary_key=True, foreign_key="location.ref")
+    # No foreign key on ref (schema 0003): a sighting outlives its location, as history.
+    ref: str = Field(primary_key=True)
     fingerprint_sha256: str = Field(
         primary_key=True, foreign_key="certificate.fingerprint_sha256", index=True, max_length=64
     )

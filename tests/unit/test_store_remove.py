@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -30,8 +29,8 @@ def ca() -> LocalCA:
 
 
 @pytest.fixture
-def inv(tmp_path: Path) -> Iterator[Inventory]:
-    inventory = Inventory.open(f"sqlite:///{tmp_path / 'inventory.db'}")
+def inv(store_url: str) -> Iterator[Inventory]:
+    inventory = Inventory.open(store_url)
     yield inventory
     inventory.close()
 
@@ -80,8 +79,12 @@ def test_remove_forgets_one_location_and_says_so(inv: Inventory, ca: LocalCA) ->
     assert inv.events(since_id=events[0].id - 1) == events  # what was returned was stored
     assert [i.ref for i in inv.items(now=t2)] == [KEPT]
     assert inv.item(GONE) is None
-    assert rows(inv, GONE) == (0, 0)
-    assert inv.sightings(ref=GONE) == []
+    # Its sightings stay, closed at its last scan: what it presented is still answerable.
+    assert rows(inv, GONE) == (0, 2)
+    assert {
+        (s.fingerprint_sha256, s.first_seen, s.last_seen, s.current)
+        for s in inv.sightings(ref=GONE)
+    } == {(c.fingerprint_sha256, t0, t1, False) for c in gone}
     # The certificates stay, last presented at the removed location's last scan.
     assert inv.certificate_der(gone[0].fingerprint_sha256) == gone[0].der
     assert inv.certificate_seen(gone[0].fingerprint_sha256) == (t0, t1)
@@ -109,8 +112,9 @@ def test_a_removed_ref_recorded_again_is_a_new_location(inv: Inventory, ca: Loca
     assert [e.kind for e in events] == [EventKind.LOCATION_ADDED]
     item = inv.item(GONE)
     assert item is not None and item.first_seen == item.last_scanned == t2
+    # The sighting kept from before the removal is current again: presented since t0.
     assert {(s.first_seen, s.last_seen, s.current) for s in inv.sightings(ref=GONE)} == {
-        (t2, t2, True)
+        (t0, t2, True)
     }
     assert inv.certificate_seen(certs[0].fingerprint_sha256) == (t0, t2)
     assert [e.kind for e in inv.events(ref=GONE)] == [
