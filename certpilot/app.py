@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from certpilot.cluster import Cluster, replica_id
 from certpilot.ctwatching import CTRuntime, RecordedIssuance, open_ct
 from certpilot.domain.clock import Clock
 from certpilot.domain.inventory import Event, InventoryItem
@@ -89,6 +91,7 @@ async def scan_and_record(
     watched_names: Iterable[str] = (),
     store_prefixes: Iterable[str] = (),
     prune: bool = False,
+    configured: Sequence[Target] | None = None,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
     certpilot issued), store (one transaction), SLI events, update metrics.
@@ -97,7 +100,8 @@ async def scan_and_record(
     it, a one-shot ``certpilot scan --db`` does not). ``watched`` gives what the store watches
     currently see (:class:`WatchedStores`): recorded with the rest each cycle (so CRL checks,
     coverage and ``last_scanned`` stay current for watched stores too; the watches record
-    changes at once in between)."""
+    changes at once in between). ``configured``: every configured target, when ``targets`` is
+    only this replica's share (what is configured decides what is gone, not the share)."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
     scanned = await scanner.scan(targets, env=env, progress=progress)
@@ -118,7 +122,11 @@ async def scan_and_record(
     if prune:
         stored = await asyncio.to_thread(inventory.refs)
         gone = stale_refs(
-            stored, observations, targets, stores=store_prefixes, watched=watched_names
+            stored,
+            observations,
+            targets if configured is None else configured,
+            stores=store_prefixes,
+            watched=watched_names,
         )
         if gone:
             log.info("forgetting %d locations that are gone", len(gone))
@@ -418,6 +426,7 @@ class Service:
         self._scan_lock = asyncio.Lock()
         self.shutdown_grace = 30.0
         self._slo_statuses: list[SLOStatus] = []
+        self.cluster: Cluster | None = None
 
     def _readiness(self) -> tuple[bool, str]:
         return (True, "ok") if self.ready else (False, "first scan not finished")
@@ -426,6 +435,20 @@ class Service:
         async with AsyncExitStack() as stack:
             inventory = Inventory.open(self.settings.store.url)
             stack.callback(inventory.close)
+            # Replicas on one database: membership, the endpoint shares, the leader; and the
+            # clock every replica agrees on (the database's), for leases and timestamps.
+            instance = self.settings.cluster.instance or socket.gethostname()
+            cluster = Cluster(
+                self.settings.store.url,
+                self.clock,
+                heartbeat=self.settings.cluster.heartbeat,
+                ttl=self.settings.cluster.ttl,
+                replica=replica_id(instance),
+            )
+            stack.callback(cluster.close)
+            await cluster.tick()
+            self.cluster = cluster
+            self.clock = cluster.clock
             metrics = Metrics(self.registry, inventory, self.clock)
             scanner = Scanner(scan_options(self.settings), self.clock)
             stack.callback(scanner.close)
@@ -439,6 +462,7 @@ class Service:
                 inventory=inventory,
                 metrics=metrics,
                 config_path=self.config_path,
+                instance=instance,
             )
             stack.callback(rt.close)
             wake = asyncio.Event()
@@ -461,6 +485,7 @@ class Service:
                 token=read_token(
                     self.settings.http.token_file, self.settings.http.token_env, self.env
                 ),
+                cluster=cluster.status,
             )
             slack = await open_slack(
                 stack,
@@ -501,7 +526,7 @@ class Service:
 
             async def inventory_changed() -> None:
                 wake.set()  # new inventory: plan renewals
-                if slack is not None:
+                if slack is not None and cluster.is_leader:
                     try:
                         await slack.on_scan()
                     except Exception:
@@ -564,23 +589,32 @@ class Service:
                     return
                 async with self._scan_lock:
                     try:
+                        leader = cluster.is_leader
+                        # This replica's share of the endpoints; files, secrets stores and
+                        # forgetting what is gone are the leader's.
+                        mine = [
+                            t
+                            for t in targets
+                            if (cluster.owns(t.ref) if isinstance(t, EndpointTarget) else leader)
+                        ]
                         issued = await asyncio.to_thread(rt.jobs.issued_fingerprints)
                         res = await scan_and_record(
                             scanner,
                             inventory,
                             metrics,
-                            targets,
+                            mine,
                             self.clock,
                             env=self.env,
                             issued=issued,
                             owners=owner_rules(self.settings),
                             default_owner=self.settings.ownership.default,
                             crl_cache=crl_cache,
-                            stores=stores,
-                            watched=watched.snapshot,
+                            stores=stores if leader else (),
+                            watched=watched.snapshot if leader else None,
                             watched_names=watched_prefixes,
                             store_prefixes=store_prefixes,
-                            prune=True,
+                            prune=leader,
+                            configured=targets,
                         )
                     except Exception:
                         log.exception("scan cycle failed")
@@ -605,6 +639,9 @@ class Service:
             await asyncio.to_thread(inventory.snapshot_sli, self.clock.now())
 
             async def slo_tick() -> None:
+                metrics.observe_cluster(leader=cluster.is_leader, members=len(cluster.members))
+                if not cluster.is_leader:
+                    return  # coverage events and the evaluation are counted once, by the leader
                 try:
                     self._slo_statuses = await slo_cycle(
                         inventory, metrics, slo_set, self.clock, self.settings
@@ -615,7 +652,7 @@ class Service:
                     log.exception("SLO evaluation failed")
 
             async def page_tick() -> None:
-                if slack is None:
+                if slack is None or not cluster.is_leader:
                     return
                 try:
                     await slack.pager.sync()
@@ -651,6 +688,7 @@ class Service:
                 )
             scheduler.start()
             stack.callback(lambda: scheduler.shutdown(wait=False))
+            cluster_task = asyncio.create_task(cluster.run(stop), name="cluster")
             jobs_task = asyncio.create_task(
                 self._job_loop(rt, inventory, metrics, wake, stop), name="jobs"
             )
@@ -665,6 +703,7 @@ class Service:
                 log.warning("a job was still running at shutdown; the next start resumes it")
             async with self._scan_lock:
                 pass
+            await asyncio.wait_for(cluster_task, timeout=self.shutdown_grace)
 
     async def _job_loop(
         self,
@@ -677,11 +716,16 @@ class Service:
         """Plan renewals and run due jobs: every ``remediation.interval``, after each scan and
         when the webhook queued a job."""
         r = self.settings.remediation
+        cluster = self.cluster
         while not stop.is_set():
             try:
-                if r.enabled and self.ready:
+                if r.enabled and self.ready and cluster is not None and cluster.is_leader:
                     items = await asyncio.to_thread(inventory.items, now=self.clock.now())
                     await rt.remediation.plan(items)
+                if cluster is not None:
+                    # A replica that died mid-job stops renewing its lease: take its jobs over.
+                    for outcome in await rt.executor.resume_all(others_only=True):
+                        log.info("took over job %d: %s", outcome.job.id, outcome.job.state)
                 if not stop.is_set():
                     await rt.executor.run_due()
                 metrics.observe_jobs(await asyncio.to_thread(rt.jobs.counts))

@@ -304,6 +304,7 @@ def build_app(
     readiness: Readiness | None = None,
     jobs: JobsReader | None = None,
     token: TokenSource | None = None,
+    cluster: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """The aiohttp application with certpilot's read-side routes.
 
@@ -327,6 +328,12 @@ def build_app(
     app.router.add_get("/api/v1/events", h.events)
     app.router.add_get("/api/v1/runs", h.runs)
     app.router.add_get("/api/v1/jobs", h.jobs)
+    if cluster is not None:
+
+        async def cluster_status(_request: web.Request) -> web.StreamResponse:
+            return web.json_response(dict(cluster()))
+
+        app.router.add_get("/api/v1/cluster", cluster_status)
     return app
 
 

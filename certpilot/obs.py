@@ -709,6 +709,16 @@ class Metrics:
             registry=registry,
         )
         self._ct_seen: dict[tuple[str, ...], float] = {}
+        self.cluster_leader = Gauge(
+            "certpilot_cluster_leader",
+            "1 on the replica that runs the singleton work (planning, SLOs, paging, CT).",
+            registry=registry,
+        )
+        self.cluster_members = Gauge(
+            "certpilot_cluster_members",
+            "Live replicas sharing the database, as this replica sees them.",
+            registry=registry,
+        )
         self.issuance_latency = Histogram(
             "certpilot_issuance_latency_seconds",
             "Time from ordering a certificate to verifying it is served everywhere.",
@@ -845,6 +855,10 @@ class Metrics:
             self._ct_inc(self.ct_matches, (log,), matches)
             for kind in ("bad_signature", "inconsistent", "bad_inclusion", "malformed_entry"):
                 self._ct_inc(self.ct_failures, (log, kind), failures.get(kind, 0))
+
+    def observe_cluster(self, *, leader: bool, members: int) -> None:
+        self.cluster_leader.set(1.0 if leader else 0.0)
+        self.cluster_members.set(members)
 
     def observe_ct_issuance(self, verdict: str) -> None:
         self.ct_issuances.labels(verdict).inc()

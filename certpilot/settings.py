@@ -334,6 +334,23 @@ class OwnershipSettings(_Model):
     default: str | None = None
 
 
+class ClusterSettings(_Model):
+    """Several ``certpilot run`` replicas on one PostgreSQL database: heartbeat every
+    ``heartbeat``; a replica unseen for ``ttl`` is gone (its endpoints move to the others)."""
+
+    heartbeat: Duration = 5.0
+    ttl: Duration = 20.0
+    # This replica's stable name (jobs it works on carry it; a restart with the same name
+    # resumes them at once). Default: the host name (a pod's name in Kubernetes).
+    instance: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _ttl(self) -> ClusterSettings:
+        if self.ttl < 2 * self.heartbeat:
+            raise ValueError("ttl must be at least two heartbeats")
+        return self
+
+
 class CTLogSettings(_Model):
     """One Certificate Transparency log: ``url`` (RFC 6962 base URL, or a tiled log's
     monitoring prefix with ``kind: static``) and ``key``, its base64 DER public key as log lists
@@ -404,6 +421,7 @@ class Settings(_Model):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     ownership: OwnershipSettings = Field(default_factory=OwnershipSettings)
     ct: CTSettings = Field(default_factory=CTSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:

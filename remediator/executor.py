@@ -743,12 +743,13 @@ class Executor:
 
     # ------------------------------------------------------------------------ restart
 
-    async def resume_all(self) -> list[RunOutcome]:
+    async def resume_all(self, *, others_only: bool = False) -> list[RunOutcome]:
         """Resume or roll back every job left in ``issuing``, ``deploying`` or ``verifying``
         (call on start, and periodically when several replicas share the store).
 
         A job claimed by another executor (``owner``) whose lease has not run out is left to
-        it. Per job (:func:`remediator.jobs.resume_plan`):
+        it; with ``others_only`` (the periodic check of a running replica) so is every job this
+        executor claimed itself. Per job (:func:`remediator.jobs.resume_plan`):
 
         * ``issuing`` -> ``approved`` at once: re-issue (the key died with the process);
           a revocation is asked again.
@@ -764,6 +765,8 @@ class Executor:
         now = self.clock.now()
         out: list[RunOutcome] = []
         for job in found:
+            if others_only and job.owner == self.instance:
+                continue  # this process is working on it
             held = (
                 job.owner
                 and job.owner != self.instance

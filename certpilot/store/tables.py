@@ -376,3 +376,22 @@ class CTLogRow(SQLModel, table=True):
 
 
 CT_LOG = _table(CTLogRow)
+
+
+class ReplicaRow(SQLModel, table=True):
+    """One running certpilot process sharing this database (``certpilot.cluster``).
+
+    ``heartbeat_at`` is the *database's* time at the replica's last heartbeat, so replicas with
+    skewed clocks still agree on who is alive; a replica unseen for the membership TTL is gone
+    and its share of the scan work moves to the others."""
+
+    __tablename__ = "replica"
+
+    id: str = Field(primary_key=True, max_length=128)
+    host: str = Field(default="", sa_type=Text)
+    pid: int = 0
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+REPLICA = _table(ReplicaRow)
