@@ -566,6 +566,7 @@ class Service:
                     source=str(self.config_path or "config"),
                     on_recorded=ct_recorded,
                 )
+                ct_rt.active = lambda: cluster.is_leader
                 stack.callback(ct_rt.store.close)
                 stack.push_async_callback(ct_rt.aclose)
                 ct_rt.start(ct_logs, stop)

@@ -561,6 +561,8 @@ class CTRuntime:
     #: Set once the inventory holds a first full scan: judging CT matches against an empty
     #: inventory would call every one of our own certificates unexpected.
     inventory_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Whether this replica runs the monitors now (the leader does; see certpilot.cluster).
+    active: Callable[[], bool] = lambda: True
 
     async def refresh(self) -> None:
         assert self.cache is not None
@@ -619,7 +621,9 @@ class CTRuntime:
 
     async def _follow(self, m: Monitor, stop: asyncio.Event) -> None:
         await self.inventory_ready.wait()
-        await m.run(interval=self.ct.interval, stop=stop, on_step=self._observe(m))
+        await m.run(
+            interval=self.ct.interval, stop=stop, on_step=self._observe(m), active=self.active
+        )
 
     def start_feeds(self, stop: asyncio.Event) -> None:
         """One task per ``ct.certstream`` feed: matched entries are recorded (labelled
@@ -659,6 +663,8 @@ class CTRuntime:
                     await asyncio.gather(nxt, return_exceptions=True)
                     break
                 msg = nxt.result()
+                if not self.active():
+                    continue  # another replica records the feed
                 if loop.time() - last_metrics > 1.0:
                     last_metrics = loop.time()
                     observe()
@@ -690,7 +696,8 @@ class CTRuntime:
         await self.inventory_ready.wait()
         while not stop.is_set():
             try:
-                await self.refresh()
+                if self.active():
+                    await self.refresh()
             except Exception:
                 log.exception("CT expectations refresh failed")
             with contextlib.suppress(TimeoutError):

@@ -586,11 +586,17 @@ class Monitor:
         stop: asyncio.Event,
         max_backoff: float = 600.0,
         on_step: Callable[[StepResult], None] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         """Step every ``interval`` seconds until ``stop``; after a failure wait longer (doubling,
-        at most ``max_backoff``, at least the log's Retry-After)."""
+        at most ``max_backoff``, at least the log's Retry-After). While ``active`` says no (this
+        replica does not lead), wait without reading."""
         delay = interval
         while not stop.is_set():
+            if active is not None and not active():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                continue
             try:
                 result = await self.step()
             except CTLogError as e:  # anything a source raises that step() does not map
