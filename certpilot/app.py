@@ -482,8 +482,12 @@ class Service:
                 clock=self.clock,
                 readiness=self._readiness,
                 jobs=jobs_json,
-                token=read_token(
-                    self.settings.http.token_file, self.settings.http.token_env, self.env
+                token=(
+                    read_token(
+                        self.settings.http.token_file, self.settings.http.token_env, self.env
+                    )
+                    if self.settings.http.token_file or self.settings.http.token_env
+                    else None
                 ),
                 cluster=cluster.status,
             )

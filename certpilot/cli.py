@@ -550,6 +550,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
     stores = store_scans(settings, SystemClock(), os.environ, source=str(path))
     from certpilot.ctwatching import WatchlistFile, configured_logs
+    from certpilot.store.engine import redact
 
     ct_logs = configured_logs(settings.ct, str(path))
     watched = len(WatchlistFile(settings.ct.watch, settings.ct.watch_file)())
@@ -557,7 +558,7 @@ def _config_check(args: argparse.Namespace) -> int:
         f"{path}: ok ({len(settings.targets.endpoints)} endpoints, "
         f"{len(settings.targets.files)} file patterns, {len(stores)} secrets stores, "
         f"{len(issuers)} issuers, {len(ct_logs)} CT logs watching {watched} patterns, "
-        f"{len(deploy)} deploy targets, store {settings.store.url}, "
+        f"{len(deploy)} deploy targets, store {redact(settings.store.url)}, "
         f"http {settings.http.host}:{settings.http.port})"
     )
     return EXIT_OK

@@ -281,7 +281,12 @@ def _token_middleware(token: TokenSource) -> Any:
             return await handler(request)
         expected = await asyncio.to_thread(token)
         if expected is None:
-            return await handler(request)
+            # A token is configured but cannot be read (missing, empty, unreadable file): fail
+            # closed, as the webhook does; never serve the inventory unauthenticated.
+            return web.json_response(
+                {"error": "the configured bearer token cannot be read (see the service log)"},
+                status=503,
+            )
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), expected.encode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -58,6 +59,9 @@ class _Model(BaseModel):
 
 class StoreSettings(_Model):
     url: str = "sqlite:///certpilot.db"
+    # Read the URL from this environment variable instead (a password in it stays out of the
+    # file; Kubernetes passes it from a Secret): ``url`` is then only the fallback.
+    url_env: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -493,4 +497,28 @@ def load_settings(path: str | Path) -> Settings:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(str(p), "", "expected a mapping at the top level", type(data).__name__)
-    return settings_from_mapping(data, str(p))
+    return with_environment(settings_from_mapping(data, str(p)), os.environ, str(p))
+
+
+def with_environment(settings: Settings, env: Mapping[str, str], source: str) -> Settings:
+    """``settings`` with the values the config names environment variables for (``store.
+    url_env``) taken from ``env``; a variable named but unset is a :class:`ConfigError`."""
+    name = settings.store.url_env
+    if not name:
+        return settings
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(
+            source, "store.url_env", f"environment variable {name} is not set", has_value=False
+        )
+    try:
+        store = StoreSettings(url=value, url_env=name)
+    except ValidationError:
+        # Never echo the value: the URL may carry a password.
+        raise ConfigError(
+            source,
+            "store.url_env",
+            f"{name} does not hold a sqlite:/// or postgresql:// URL",
+            has_value=False,
+        ) from None
+    return settings.model_copy(update={"store": store})

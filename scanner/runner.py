@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
+from pathlib import Path
 
 from certpilot.domain.chain import TrustAnchors
 from certpilot.domain.clock import Clock
@@ -28,6 +30,23 @@ from scanner.trust import load_anchors
 PARALLEL_THRESHOLD = 200
 
 Progress = Callable[[int], None]
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (``cpu.max``, what a container's CPU limit sets). ``os.cpu_count()`` counts the whole
+    machine, so a pod limited to 2 CPUs on a 64-core node would start 64 probe workers."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path(cgroup_root, "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +127,7 @@ class Scanner:
             return self.options.workers
         if n < PARALLEL_THRESHOLD:
             return 1
-        return max(1, os.cpu_count() or 1)
+        return usable_cpus()
 
     async def probe(
         self, targets: Sequence[EndpointTarget], progress: Progress | None = None

@@ -454,5 +454,12 @@ async def test_a_configured_token_guards_metrics_and_the_api_but_not_the_probes(
                 base + "/metrics", headers={"Authorization": "Bearer rotated"}
             ) as r:
                 assert r.status == 200
+            # A token file that disappears closes the API (503), it never opens it.
+            token_file.unlink()
+            for headers in ({}, {"Authorization": "Bearer rotated"}):
+                async with http.get(base + "/api/v1/inventory", headers=headers) as r:
+                    assert r.status == 503 and "token" in (await r.json())["error"]
+            async with http.get(base + "/healthz") as r:
+                assert r.status == 200
     finally:
         await runner.cleanup()
