@@ -172,6 +172,7 @@ def open_remediation(
         verify_hold=r.verify_hold,
         verify_interval=r.verify_interval,
         max_attempts=r.max_attempts,
+        lease=r.lease,
         instance=instance,
         sli_sink=sli_sink(inventory, metrics),
     )

@@ -210,6 +210,9 @@ class RemediationSettings(_Model):
     verify_hold: Duration = 0.7
     verify_interval: Duration = 0.2
     max_attempts: int = Field(default=5, ge=1, le=100)
+    # How long a job a replica works on stays claimed without a write (every step renews it):
+    # when a replica dies, another resumes its job after this. Longer than any one step.
+    lease: Duration = 300.0
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
@@ -224,6 +227,11 @@ class RemediationSettings(_Model):
                 raise ValueError(
                     f"targets[{i}].issuer: unknown issuer {t.issuer!r} (issuers: {known})"
                 )
+        if self.lease <= self.verify_timeout:
+            raise ValueError(
+                f"lease ({self.lease:g}s) must be longer than verify_timeout "
+                f"({self.verify_timeout:g}s): another replica would take over a job still running"
+            )
         return self
 
 

@@ -774,7 +774,7 @@ class Executor:
                 and job.lease_until > now
             )
             if held:
-                log.info(
+                (log.debug if others_only else log.info)(
                     "job %d: %s by %s until %s; not resuming",
                     job.id,
                     job.state,
