@@ -185,7 +185,7 @@ async def run_command(ctx: BotContext, user: str, text: str) -> list[dict[str, A
             return render.status_blocks(counts, problems, slo_lines, now=now)
         if verb == "expiring":
             days = float(rest[0]) if rest else 30.0
-            if days < 0 or days > 3650:
+            if not 0 <= days <= 3650:  # NaN too
                 raise ValueError("DAYS must be between 0 and 3650")
             items = await asyncio.to_thread(ctx.items)
             soon = [
@@ -409,6 +409,79 @@ async def on_job_action(ctx: BotContext, action: str, user: str, job_id: int) ->
     return f"Denied job {job_id}."
 
 
+# ------------------------------------------------------------------- interactive payloads
+
+
+class BadInteraction(CertpilotError):
+    """An interactive payload (a button click, a modal submission) that is not what certpilot's
+    own blocks send; ``field`` names where it is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"slack payload {field}: {message}")
+
+
+def _json_object(raw: object, field: str) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        raise BadInteraction(field, "expected a JSON string")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadInteraction(field, "not JSON") from None
+    if not isinstance(value, dict):
+        raise BadInteraction(field, "expected a JSON object")
+    return value
+
+
+def clicker(body: Mapping[str, Any]) -> str:
+    """The Slack user id of whoever clicked or submitted (``body.user.id``)."""
+    user = body.get("user") if isinstance(body, Mapping) else None
+    uid = user.get("id") if isinstance(user, Mapping) else None
+    if not isinstance(uid, str) or not uid:
+        raise BadInteraction("user.id", "expected a Slack user id")
+    return uid
+
+
+def button_value(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object in the clicked button's ``value`` (``{}`` when it has none)."""
+    actions = body.get("actions") if isinstance(body, Mapping) else None
+    if not isinstance(actions, list) or not actions or not isinstance(actions[0], Mapping):
+        raise BadInteraction("actions", "expected a list of actions")
+    return _json_object(actions[0].get("value"), "actions[0].value")
+
+
+def page_key_of(value: Mapping[str, Any]) -> str:
+    """The page a page button acts on (``{"page": KEY}``)."""
+    page = value.get("page", "")
+    if not isinstance(page, str):
+        raise BadInteraction("actions[0].value.page", "expected a page key")
+    return page
+
+
+def job_id_of(value: Mapping[str, Any]) -> int:
+    """The job an Approve/Deny button acts on (``{"job": ID}``)."""
+    job = value.get("job", 0)
+    if isinstance(job, str) and job.isascii() and job.isdigit() and len(job) <= 18:
+        job = int(job)
+    if isinstance(job, bool) or not isinstance(job, int) or not 0 <= job < 2**63:
+        raise BadInteraction("actions[0].value.job", "expected a job id")
+    return job
+
+
+def revoke_form(view: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(page key, fingerprint, reason name)`` from the revoke modal's submission."""
+    if not isinstance(view, Mapping):
+        raise BadInteraction("view", "expected an object")
+    meta = _json_object(view.get("private_metadata"), "view.private_metadata")
+    page, fingerprint = meta.get("page", ""), meta.get("fingerprint", "")
+    if not isinstance(page, str) or not isinstance(fingerprint, str):
+        raise BadInteraction("view.private_metadata", "expected page and fingerprint strings")
+    return page, fingerprint, _selected(view)
+
+
 # ------------------------------------------------------------------------------- the app
 
 
@@ -445,10 +518,11 @@ def build_app(ctx: BotContext, *, signing_secret: str, client: Any) -> Any:
     async def ephemeral(client: Any, body: Mapping[str, Any], text: str) -> None:
         if not text:
             return
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
-            "channel_id"
+        where, container = body.get("channel"), body.get("container")
+        channel = (where.get("id") if isinstance(where, Mapping) else None) or (
+            container.get("channel_id") if isinstance(container, Mapping) else None
         )
-        user = (body.get("user") or {}).get("id")
+        user = clicker(body)
         if channel and user:
             await client.chat_postEphemeral(channel=channel, user=user, text=text)
 
@@ -457,11 +531,12 @@ def build_app(ctx: BotContext, *, signing_secret: str, client: Any) -> Any:
     def page_listener(name: str) -> Callable[..., Awaitable[None]]:
         async def page_action(ack: Any, body: Mapping[str, Any], client: Any) -> None:
             await ack()
-            user = str(body["user"]["id"])
-            value = json.loads(body["actions"][0].get("value") or "{}")
-            text = await on_page_action(
-                ctx, name, user, str(value.get("page", "")), client, str(body.get("trigger_id"))
-            )
+            try:
+                user, page = clicker(body), page_key_of(button_value(body))
+            except BadInteraction as e:
+                log.warning("slack: %s", e.one_line())
+                return
+            text = await on_page_action(ctx, name, user, page, client, str(body.get("trigger_id")))
             await ephemeral(client, body, text)
 
         return page_action
@@ -469,9 +544,12 @@ def build_app(ctx: BotContext, *, signing_secret: str, client: Any) -> Any:
     def job_listener(name: str) -> Callable[..., Awaitable[None]]:
         async def job_action(ack: Any, body: Mapping[str, Any], client: Any) -> None:
             await ack()
-            user = str(body["user"]["id"])
-            value = json.loads(body["actions"][0].get("value") or "{}")
-            text = await on_job_action(ctx, name, user, int(value.get("job", 0)))
+            try:
+                user, job = clicker(body), job_id_of(button_value(body))
+            except BadInteraction as e:
+                log.warning("slack: %s", e.one_line())
+                return
+            text = await on_job_action(ctx, name, user, job)
             await ephemeral(client, body, text)
 
         return job_action
@@ -488,17 +566,19 @@ def build_app(ctx: BotContext, *, signing_secret: str, client: Any) -> Any:
     @app.view("certpilot_revoke_confirm")
     async def revoke_confirm(ack: Any, body: Mapping[str, Any], view: Mapping[str, Any]) -> None:
         await ack()
-        user = str(body["user"]["id"])
-        meta = json.loads(view.get("private_metadata") or "{}")
-        reason_name = _selected(view)
+        try:
+            user = clicker(body)
+            page_key, fingerprint, reason_name = revoke_form(view)
+        except BadInteraction as e:
+            log.warning("slack: %s", e.one_line())
+            return
         reason = REASONS.get(reason_name.lower(), RevocationReason.UNSPECIFIED)
         ok, why = await _allowed(ctx, "revoke", user)
-        page_key = str(meta.get("page", ""))
         if not ok:
-            await _audit_refused(ctx, user, "revoke", str(meta.get("fingerprint", "")), why)
+            await _audit_refused(ctx, user, "revoke", fingerprint, why)
             return
         items = await asyncio.to_thread(ctx.items)
-        certs = find(items, str(meta.get("fingerprint", "")))
+        certs = find(items, fingerprint)
         for cert in certs[:1]:
             res = await ctx.remediation.request(
                 Action.REVOKE, cert, requester=_actor(user), force=True, reason=reason
@@ -521,11 +601,12 @@ def build_app(ctx: BotContext, *, signing_secret: str, client: Any) -> Any:
 
 
 def _selected(view: Mapping[str, Any]) -> str:
-    values = (view.get("state") or {}).get("values") or {}
-    for block in values.values():
-        for element in block.values():
-            opt = element.get("selected_option")
-            if opt:
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, Mapping) else None
+    for block in values.values() if isinstance(values, Mapping) else ():
+        for element in block.values() if isinstance(block, Mapping) else ():
+            opt = element.get("selected_option") if isinstance(element, Mapping) else None
+            if isinstance(opt, Mapping) and opt:
                 return str(opt.get("value", "unspecified"))
     return "unspecified"
 
@@ -544,12 +625,18 @@ def aiohttp_handler(app: Any) -> Callable[[web.Request], Awaitable[web.StreamRes
 
 __all__ = [
     "REASONS",
+    "BadInteraction",
     "BotContext",
     "Permissions",
     "aiohttp_handler",
     "build_app",
+    "button_value",
+    "clicker",
     "find",
+    "job_id_of",
     "on_job_action",
     "on_page_action",
+    "page_key_of",
+    "revoke_form",
     "run_command",
 ]

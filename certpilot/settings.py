@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
+import reprlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,21 +35,29 @@ from certpilot.targets import split_host_port
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_MAX_SECONDS = timedelta.max.total_seconds() // 2
+"""The longest duration: half of what a ``timedelta`` holds, so adding one to a date fails
+as a date, not as an overflow of the duration itself."""
 
 
 def parse_duration(value: object) -> float:
     """``30s``, ``5m``, ``1.5h``, ``2d``, ``250ms`` or a number of seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 5m, 1h")
+    seconds: float | None = None
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("expected a positive duration")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value) if abs(value) < _MAX_SECONDS else math.inf
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError("expected a duration such as 30s, 5m, 1h")
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds is None:
+        raise ValueError("expected a duration such as 30s, 5m, 1h")
+    if not seconds <= _MAX_SECONDS:  # NaN, infinity, or more than a timedelta holds
+        raise ValueError(f"expected a duration of at most {_MAX_SECONDS / 86400:.0f} days")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -452,13 +462,50 @@ class Settings(_Model):
         return [f.target() for f in self.targets.files]
 
 
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 60, 60
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
+
+
+class _Shown:
+    """A value from a config file as an error shows it: its ``repr`` cut short (the value may be
+    a megabyte string, or a YAML alias structure of billions of items)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: object) -> None:
+        self.text = _BRIEF.repr(value)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def shown(value: object) -> object:
+    """``value`` for :class:`ConfigError`: scalars as they are, anything large cut short."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int) and abs(value) < 10**30:
+        return value
+    if isinstance(value, str) and len(value) <= 200:
+        return value
+    return _Shown(value)
+
+
+def field_name(part: object) -> str:
+    """A mapping key as a field path shows it: as is when printable and short, else a short
+    ``repr`` (a key may hold a newline)."""
+    text = str(part)
+    return text if text.isprintable() and len(text) <= 60 else _BRIEF.repr(part)
+
+
 def _loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
     out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else part
+            name = field_name(part)
+            out += f".{name}" if out else name
     return out
 
 
@@ -474,7 +521,11 @@ def config_error(e: ValidationError, source: str, prefix: str = "") -> ConfigErr
         msg = "required field is missing"
     extra = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
     return ConfigError(
-        source, _loc(loc, prefix), msg + extra, err.get("input"), has_value=err["type"] != "missing"
+        source,
+        _loc(loc, prefix),
+        msg + extra,
+        shown(err.get("input")),
+        has_value=err["type"] != "missing",
     )
 
 
@@ -483,6 +534,32 @@ def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
         return Settings.model_validate(dict(data))
     except ValidationError as e:
         raise config_error(e, source) from e
+
+
+def load_yaml(
+    text: str, source: str, loader: type[yaml.SafeLoader], *, all_documents: bool = False
+) -> Any:
+    """``text`` parsed with ``loader`` (every document, as a list, with ``all_documents``);
+    :class:`ConfigError` naming ``source`` for anything that is not YAML, including what PyYAML
+    raises outside ``YAMLError``: ``RecursionError`` for nesting too deep, and a constructor's
+    own errors (``ValueError`` for a date such as ``2026-13-01`` or an integer of more than 4300
+    digits, ``AttributeError`` for ``!!timestamp 2026``...)."""
+    try:
+        if all_documents:
+            return list(yaml.load_all(text, Loader=loader))
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(source, where, f"invalid YAML: {problem}", has_value=False) from e
+    except RecursionError as e:
+        raise ConfigError(source, "", "invalid YAML: nested too deeply", has_value=False) from e
+    except Exception as e:  # a constructor's own error: the value is not what its tag says
+        problem = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if not isinstance(e, ValueError | OverflowError):
+            problem = f"a value does not match its tag ({type(e).__name__})"
+        raise ConfigError(source, "", f"invalid YAML: {problem}", has_value=False) from e
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -494,13 +571,7 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(str(p), "", "file not found", has_value=False) from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(str(p), "", f"cannot read: {e}", has_value=False) from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(str(p), where, f"invalid YAML: {problem}", has_value=False) from e
+    data = load_yaml(text, str(p), yaml.SafeLoader)
     if data is None:
         data = {}
     if not isinstance(data, dict):

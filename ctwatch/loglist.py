@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certpilot.domain.errors import ConfigError
+from certpilot.settings import shown
 from ctwatch.rfc6962 import log_id
 from ctwatch.source import LogKind
 
@@ -40,11 +41,11 @@ class LogInfo:
 def decode_key(value: object, where: str, source: str) -> bytes:
     """A log's base64 DER public key; :class:`ConfigError` naming ``where`` otherwise."""
     if not isinstance(value, str) or not value:
-        raise ConfigError(source, where, "a base64 public key is required", value)
+        raise ConfigError(source, where, "a base64 public key is required", shown(value))
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError(source, where, "not base64", value) from None
+        raise ConfigError(source, where, "not base64", shown(value)) from None
 
 
 def _state(log: Mapping[str, object]) -> str:
@@ -80,7 +81,9 @@ def parse_log_list(data: object, source: str) -> list[LogInfo]:
                     continue
                 url = lg.get(url_field)
                 if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-                    raise ConfigError(source, f"{where}.{url_field}", "not an http(s) URL", url)
+                    raise ConfigError(
+                        source, f"{where}.{url_field}", "not an http(s) URL", shown(url)
+                    )
                 key = decode_key(lg.get("key"), f"{where}.key", source)
                 origin: str | None = None
                 submission = lg.get("submission_url")

@@ -63,7 +63,8 @@ class WatchlistError(ValueError):
         self.lineno = lineno
         self.pattern = pattern
         self.reason = reason
-        super().__init__(f"watchlist line {lineno}: invalid pattern {pattern!r}: {reason}")
+        shown = pattern if len(pattern) <= 512 else pattern[:509] + "..."  # a line may be huge
+        super().__init__(f"watchlist line {lineno}: invalid pattern {shown!r}: {reason}")
 
 
 def _name_problem(name: str) -> str | None:
@@ -280,7 +281,7 @@ def _lines_to_patterns(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
             text, *fields = text.split()
             for field in fields:
                 if not field.startswith("valid_at:"):
-                    raise WatchlistError(lineno, line.strip(), f"unknown field {field!r}")
+                    raise WatchlistError(lineno, line.strip(), f"unknown field {field[:40]!r}")
         yield lineno, text
 
 

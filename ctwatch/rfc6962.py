@@ -411,7 +411,14 @@ def _entry(
         issuer = cert.issuer.rfc4514_string()
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         serial = format(cert.serial_number, "x")
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as e:
         raise MalformedEntry(index, f"{entry_type} certificate does not parse: {e}") from e
     return CTEntry(
         entry_type=entry_type,

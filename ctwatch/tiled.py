@@ -233,8 +233,10 @@ def parse_checkpoint(text: str | bytes, origin: str, *, url: str | None = None) 
     if not got_origin:
         raise bad("empty origin line")
     if got_origin != origin:
-        raise bad(f"origin is {got_origin!r}, expected {origin!r}")
-    if not _SIZE_RE.fullmatch(size_text) or int(size_text) > _MAX_UINT64:
+        raise bad(f"origin is {got_origin[:100]!r}, expected {origin!r}")
+    # 20 digits hold any uint64; a longer line is refused before int() (which refuses more
+    # than 4300 digits with a ValueError of its own).
+    if len(size_text) > 20 or not _SIZE_RE.fullmatch(size_text) or int(size_text) > _MAX_UINT64:
         raise bad(f"tree size {size_text[:30]!r} is not a decimal uint64")
     root = _strict_b64(root_text)
     if root is None:

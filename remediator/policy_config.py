@@ -13,6 +13,7 @@ and ``off`` stay strings, so ``revoke: yes`` is an error rather than a silent ``
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, time, timedelta
@@ -25,7 +26,14 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from certpilot.domain.errors import ConfigError
-from certpilot.settings import Settings, config_error, parse_duration
+from certpilot.settings import (
+    Settings,
+    config_error,
+    field_name,
+    load_yaml,
+    parse_duration,
+    shown,
+)
 from remediator.policy import (
     DEFAULT_RULE,
     WEEKDAYS,
@@ -110,7 +118,8 @@ def _days(value: Any) -> float | None:
                 raise ValueError
         else:
             days = parse_duration(value) / 86400.0
-    except ValueError:
+        timedelta(days=days)  # NaN, infinity and more days than a timedelta holds: refused
+    except (ValueError, OverflowError):
         raise ValueError("expected a number of days or a duration such as 30d") from None
     return days
 
@@ -148,7 +157,7 @@ def _minutes(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("expected a duration such as 30m")
-        return float(value) * 60.0
+        value = value * 60.0 if abs(value) < 2**64 else math.inf  # minutes: in seconds below
     try:
         return parse_duration(value)
     except ValueError:
@@ -462,13 +471,15 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> Policy:
     if "policy" in data:
         others = [k for k in data if k != "policy" and k not in Settings.model_fields]
         if others:
-            raise ConfigError(source, str(others[0]), "unknown field", data[others[0]])
+            raise ConfigError(
+                source, field_name(others[0]), "unknown field", shown(data[others[0]])
+            )
         prefix = "policy"
         inner = data["policy"]
         if inner is None:
             inner = {}
         if not isinstance(inner, dict):
-            raise ConfigError(source, prefix, "expected a mapping", inner)
+            raise ConfigError(source, prefix, "expected a mapping", shown(inner))
         data = inner
     try:
         doc = PolicyDocument.model_validate(dict(data))
@@ -486,13 +497,7 @@ def load_policy(path: str | Path) -> Policy:
         raise ConfigError(str(p), "", "file not found", has_value=False) from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(str(p), "", f"cannot read: {e}", has_value=False) from e
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(str(p), where, f"invalid YAML: {problem}", has_value=False) from e
+    data = load_yaml(text, str(p), _Loader)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import json
 import logging
+import reprlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,15 @@ class Payload:
     common_labels: Mapping[str, str] = field(default_factory=dict)
 
 
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
+
+
+def _brief(value: object) -> str:
+    """A short ``repr`` of a value from the body (it may be huge or deeply nested)."""
+    return _BRIEF.repr(value)
+
+
 def _str_map(value: object, where: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -129,11 +139,11 @@ def _time(value: object, where: str, *, optional: bool = False) -> datetime | No
         text = f"{head}.{digits[:6]}{tail}"
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if at.tzinfo is None:
+            raise BadPayload(where, "the time has no offset")
+        return at.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999 in UTC
         raise BadPayload(where, f"expected an RFC 3339 time, got {value[:40]!r}") from None
-    if at.tzinfo is None:
-        raise BadPayload(where, "the time has no offset")
-    return at.astimezone(UTC)
 
 
 def parse_payload(data: Any) -> Payload:
@@ -143,7 +153,7 @@ def parse_payload(data: Any) -> Payload:
         raise BadPayload("$", "expected a JSON object")
     version = data.get("version")
     if version != "4":
-        raise BadPayload("version", f'expected "4", got {version!r}')
+        raise BadPayload("version", f'expected "4", got {_brief(version)}')
     raw = data.get("alerts")
     if not isinstance(raw, list):
         raise BadPayload("alerts", "expected a list")
@@ -155,13 +165,16 @@ def parse_payload(data: Any) -> Payload:
         if not isinstance(a, dict):
             raise BadPayload(where, "expected an object")
         status = a.get("status")
-        if status not in {"firing", "resolved"}:
-            raise BadPayload(f"{where}.status", f"expected firing or resolved, got {status!r}")
+        if not isinstance(status, str) or status not in {"firing", "resolved"}:
+            raise BadPayload(
+                f"{where}.status", f"expected firing or resolved, got {_brief(status)}"
+            )
         fp = a.get("fingerprint")
         if not isinstance(fp, str) or not fp or len(fp) > 64:
             raise BadPayload(f"{where}.fingerprint", "expected Alertmanager's alert fingerprint")
         starts = _time(a.get("startsAt"), f"{where}.startsAt")
-        assert starts is not None
+        if starts is None:  # Go's zero time: "not set", which an alert's start cannot be
+            raise BadPayload(f"{where}.startsAt", "expected an RFC 3339 time, got the zero time")
         alerts.append(
             Alert(
                 status=status,
@@ -338,7 +351,7 @@ def make_handler(
             )
         try:
             data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return web.json_response({"error": "body: expected JSON"}, status=400)
         try:
             payload = parse_payload(data)

@@ -68,6 +68,7 @@ import yaml
 
 from certpilot.domain.errors import ConfigError
 from certpilot.domain.sli import SLI_IDS
+from certpilot.settings import load_yaml, shown
 from slo.spec import (
     PERIOD_RATIOS,
     AlertSpec,
@@ -328,7 +329,9 @@ class _Context:
 def _err(
     where: str, path: str, expected: str, value: Any = None, *, has_value: bool = True
 ) -> ConfigError:
-    return ConfigError(where, path, expected, value, has_value=has_value)
+    # Document names and annotation keys come from the file and may hold a line break.
+    where, path = (t if t.isprintable() else repr(t)[1:-1] for t in (where, path))
+    return ConfigError(where, path, expected, shown(value), has_value=has_value)
 
 
 def _text(value: Any) -> str:
@@ -440,7 +443,7 @@ def _indicator(
             has_value=False,
         )
     if ("good" in ratio) == ("bad" in ratio):
-        raise _err(where, path, "expected exactly one of good and bad, with total", sorted(ratio))
+        raise _err(where, path, "expected exactly one of good and bad, with total", list(ratio))
     if "total" not in ratio:
         raise _err(where, f"{path}.total", "expected the total query", has_value=False)
     counter = ratio.get("counter")
@@ -723,13 +726,12 @@ def from_openslo(
 def _read_docs(path: str | Path) -> list[Any]:
     p = Path(path)
     try:
-        return list(yaml.safe_load_all(p.read_text(encoding="utf-8")))
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(p), "", f"cannot read: {e.strerror}", has_value=False) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            str(p), "", f"invalid YAML: {getattr(e, 'problem', e)}", has_value=False
-        ) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), "", "cannot read: not UTF-8", has_value=False) from e
+    return list(load_yaml(text, str(p), yaml.SafeLoader, all_documents=True))
 
 
 def load_openslo(path: str | Path, *, warnings: MutableSequence[str] | None = None) -> SLOSet:

@@ -55,6 +55,7 @@ import yaml
 
 from certpilot.domain.errors import ConfigError
 from certpilot.domain.sli import SLI_IDS
+from certpilot.settings import load_yaml, shown
 
 SLI_METRIC = "certpilot_sli_events_total"
 
@@ -295,11 +296,15 @@ def default_slos(service: str = "certpilot") -> SLOSet:
 PLUGIN_PREFIX = "certpilot/"
 
 
+def _error(source: str, where: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(source, where, expected, shown(value))
+
+
 def _str_map(value: Any, source: str, where: str) -> Mapping[str, str]:
     if value is None:
         return _EMPTY
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(source, where, "expected a mapping of strings", value)
+        raise _error(source, where, "expected a mapping of strings", value)
     return MappingProxyType({k: str(v) for k, v in value.items()})
 
 
@@ -309,7 +314,7 @@ def _alert_block(
     if value is None:
         return _EMPTY, _EMPTY, False
     if not isinstance(value, Mapping):
-        raise ConfigError(source, where, "expected a mapping", value)
+        raise _error(source, where, "expected a mapping", value)
     return (
         _str_map(value.get("labels"), source, f"{where}.labels"),
         _str_map(value.get("annotations"), source, f"{where}.annotations"),
@@ -320,27 +325,27 @@ def _alert_block(
 def parse_sloth(data: Any, source: str) -> SLOSet:
     """Validate a Sloth ``prometheus/v1`` document. Errors name file and field."""
     if not isinstance(data, Mapping):
-        raise ConfigError(source, "", "expected a Sloth prometheus/v1 document (a mapping)", data)
+        raise _error(source, "", "expected a Sloth prometheus/v1 document (a mapping)", data)
     if data.get("version") != "prometheus/v1":
-        raise ConfigError(source, "version", 'expected "prometheus/v1"', data.get("version"))
+        raise _error(source, "version", 'expected "prometheus/v1"', data.get("version"))
     service = data.get("service")
     if not isinstance(service, str) or not service:
-        raise ConfigError(source, "service", "expected a non-empty string", service)
+        raise _error(source, "service", "expected a non-empty string", service)
     labels = _str_map(data.get("labels"), source, "labels")
     raw = data.get("slos")
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(source, "slos", "expected a non-empty list", raw)
+        raise _error(source, "slos", "expected a non-empty list", raw)
     out: list[SLOSpec] = []
     names: set[str] = set()
     for i, item in enumerate(raw):
         where = f"slos[{i}]"
         if not isinstance(item, Mapping):
-            raise ConfigError(source, where, "expected a mapping", item)
+            raise _error(source, where, "expected a mapping", item)
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError(source, f"{where}.name", "expected a non-empty string", name)
+            raise _error(source, f"{where}.name", "expected a non-empty string", name)
         if name in names:
-            raise ConfigError(source, f"{where}.name", "duplicate SLO name", name)
+            raise _error(source, f"{where}.name", "duplicate SLO name", name)
         names.add(name)
         objective = item.get("objective")
         if (
@@ -348,22 +353,24 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
             or not isinstance(objective, int | float)
             or not 0 < objective < 100
         ):
-            raise ConfigError(
+            raise _error(
                 source, f"{where}.objective", "expected a percentage in (0, 100)", objective
             )
         sli = item.get("sli")
         if not isinstance(sli, Mapping):
-            raise ConfigError(source, f"{where}.sli", "expected events or plugin", sli)
+            raise _error(source, f"{where}.sli", "expected events or plugin", sli)
         preset_sli: str | None = None
         err: str
         total: str
         if "events" in sli:
-            ev = sli["events"]
+            ev = sli["events"] or {}
+            if not isinstance(ev, Mapping):
+                raise _error(source, f"{where}.sli.events", "expected a mapping", ev)
             queries: list[str] = []
             for key in ("error_query", "total_query"):
-                q = (ev or {}).get(key)
+                q = ev.get(key)
                 if not isinstance(q, str) or "{{.window}}" not in q:
-                    raise ConfigError(
+                    raise _error(
                         source,
                         f"{where}.sli.events.{key}",
                         "expected a PromQL query containing {{.window}}",
@@ -372,30 +379,33 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
                 queries.append(q)
             err, total = queries
         elif "plugin" in sli:
-            pid = (sli["plugin"] or {}).get("id")
+            plugin = sli["plugin"] or {}
+            if not isinstance(plugin, Mapping):
+                raise _error(source, f"{where}.sli.plugin", "expected a mapping", plugin)
+            pid = plugin.get("id")
             if (
                 not isinstance(pid, str)
                 or not pid.startswith(PLUGIN_PREFIX)
                 or pid[len(PLUGIN_PREFIX) :] not in SLI_IDS
             ):
                 known = ", ".join(PLUGIN_PREFIX + s for s in SLI_IDS)
-                raise ConfigError(source, f"{where}.sli.plugin.id", f"expected one of {known}", pid)
+                raise _error(source, f"{where}.sli.plugin.id", f"expected one of {known}", pid)
             preset_sli = pid[len(PLUGIN_PREFIX) :]
             err, total = sli_queries(preset_sli)
         else:
-            raise ConfigError(source, f"{where}.sli", "expected events or plugin", dict(sli))
+            raise _error(source, f"{where}.sli", "expected events or plugin", dict(sli))
         al = item.get("alerting") or {}
         if not isinstance(al, Mapping):
-            raise ConfigError(source, f"{where}.alerting", "expected a mapping", al)
+            raise _error(source, f"{where}.alerting", "expected a mapping", al)
         pl, pa, pd = _alert_block(al.get("page_alert"), source, f"{where}.alerting.page_alert")
         tl, ta, td = _alert_block(al.get("ticket_alert"), source, f"{where}.alerting.ticket_alert")
         alert_name = al.get("name", "")
         if not isinstance(alert_name, str):
-            raise ConfigError(source, f"{where}.alerting.name", "expected a string", alert_name)
+            raise _error(source, f"{where}.alerting.name", "expected a string", alert_name)
         # certpilot extension (Sloth has no such key): how the period ratio is computed.
         period_ratio = item.get("period_ratio", default_period_ratio(preset_sli))
         if not isinstance(period_ratio, str) or period_ratio not in PERIOD_RATIOS:
-            raise ConfigError(
+            raise _error(
                 source,
                 f"{where}.period_ratio",
                 "expected one of " + ", ".join(PERIOD_RATIOS),
@@ -433,14 +443,12 @@ def parse_sloth(data: Any, source: str) -> SLOSet:
 def load_sloth(path: str | Path) -> SLOSet:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(p), "", f"cannot read: {e.strerror}", has_value=False) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            str(p), "", f"invalid YAML: {getattr(e, 'problem', e)}", has_value=False
-        ) from e
-    return parse_sloth(data, str(p))
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), "", "cannot read: not UTF-8", has_value=False) from e
+    return parse_sloth(load_yaml(text, str(p), yaml.SafeLoader), str(p))
 
 
 def dump_sloth(slo_set: SLOSet) -> dict[str, Any]:

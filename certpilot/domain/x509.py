@@ -27,6 +27,10 @@ from certpilot.domain.errors import CertificateParseError
 
 # The body excludes '-' (base64 never has one), so a block with a damaged END line cannot
 # swallow the next block.
+# What cryptography raises for bytes that are not a certificate: ValueError mostly, and
+# exceptions that are not ValueErrors (an unknown version, an unsupported algorithm).
+_NOT_A_CERT = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
 _PEM_CERT = re.compile(
     rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----([^-]*)"
     rb"-----END (?:X509 |TRUSTED )?CERTIFICATE-----"
@@ -150,7 +154,7 @@ def _extensions(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, x509.Exte
     absent here, judged elsewhere."""
     try:
         return {ext.oid: ext.value for ext in cert.extensions}
-    except ValueError:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         return {}
 
 
@@ -253,7 +257,7 @@ def parse_der(der: bytes, origin: str = "<bytes>") -> ParsedCert:
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             cert = x509.load_der_x509_certificate(der)
             return ParsedCert(cert_info(cert, der), cert)
-    except (ValueError, TypeError) as e:
+    except _NOT_A_CERT as e:
         raise CertificateParseError(origin, f"not a DER certificate: {_short(e)}") from e
 
 
@@ -278,7 +282,7 @@ def parse_pem_bundle(
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
                 cert = x509.load_pem_x509_certificate(body)
                 info = cert_info(cert)
-        except (ValueError, TypeError) as e:
+        except _NOT_A_CERT as e:
             out.append(
                 CertificateParseError(block_origin, f"malformed PEM certificate: {_short(e)}")
             )
@@ -291,7 +295,7 @@ def parse_pkcs12(data: bytes, password: bytes | None, origin: str = "<bytes>") -
     """The certificate and its CA chain from a PKCS#12 archive (leaf first)."""
     try:
         bundle = pkcs12.load_pkcs12(data, password)
-    except (ValueError, TypeError) as e:
+    except _NOT_A_CERT as e:
         raise CertificateParseError(origin, f"cannot open PKCS#12: {_short(e)}") from e
     certs: list[x509.Certificate] = []
     if bundle.cert is not None:

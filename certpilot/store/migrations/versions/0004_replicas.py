@@ -18,6 +18,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
+    if sa.inspect(op.get_bind()).has_table("replica"):
+        return  # a database whose version record was lost: the table is there already
     op.create_table(
         "replica",
         sa.Column("id", sa.String(length=128), nullable=False),
