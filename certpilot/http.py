@@ -49,6 +49,12 @@ MAX_EVENTS_LIMIT = 10_000
 DEFAULT_EVENTS_LIMIT = 1_000
 MAX_RUNS_LIMIT = 1_000
 DEFAULT_RUNS_LIMIT = 20
+#: Seconds a connection may go without a complete request head: from the moment it
+#: connects, and between requests on a kept-alive one; aiohttp then closes it. This is
+#: aiohttp's ``keepalive_timeout``, whose timer aiohttp 3.14.5 also starts when a connection
+#: opens (aio-libs/aiohttp#13681). Its default is an hour: clients trickling header bytes
+#: (slowloris) held their connections that long (tests/e2e/test_faults.py).
+IDLE_TIMEOUT = 10.0
 
 
 class BadQuery(CertpilotError):
@@ -346,8 +352,9 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start ``app`` on ``host:port`` (``port`` 0 picks a free one, see :func:`bound_port`).
 
     The caller owns the returned runner and stops the server with ``await runner.cleanup()``.
+    A connection without a complete request head for :data:`IDLE_TIMEOUT` seconds is closed.
     """
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

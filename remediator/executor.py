@@ -202,6 +202,8 @@ class Executor:
         self.rng = rng or random.Random()
         self.sli_sink = sli_sink
         self.admission = admission
+        # Jobs this executor is running or resuming right now (see resume_all).
+        self._active: set[int] = set()
 
     # ------------------------------------------------------------------ jobs from people
 
@@ -347,12 +349,17 @@ class Executor:
             return RunOutcome(
                 job, ran=False, note=f"not due until {job.next_attempt_at.isoformat()}"
             )
+        mine = job.id not in self._active
+        self._active.add(job.id)
         try:
             outcome = await self._run(job, certificate)
         except JobConflict as e:
             log.info("job %d: %s", job.id, e.message)
             current = await asyncio.to_thread(self.jobs.get, job_id)
             return RunOutcome(current, ran=False, note=e.message)
+        finally:
+            if mine:
+                self._active.discard(job.id)
         self._emit(outcome.events)
         return outcome
 
@@ -748,8 +755,11 @@ class Executor:
         (call on start, and periodically when several replicas share the store).
 
         A job claimed by another executor (``owner``) whose lease has not run out is left to
-        it; with ``others_only`` (the periodic check of a running replica) so is every job this
-        executor claimed itself. Per job (:func:`remediator.jobs.resume_plan`):
+        it. With ``others_only`` (the periodic check of a running replica) so is every job this
+        executor is running right now, and one it claimed itself is left until its lease runs
+        out: that is a job a run of this process abandoned when a store write failed (the
+        database restarted mid-job), resumed here without restarting the process. Per job
+        (:func:`remediator.jobs.resume_plan`):
 
         * ``issuing`` -> ``approved`` at once: re-issue (the key died with the process);
           a revocation is asked again.
@@ -765,11 +775,11 @@ class Executor:
         now = self.clock.now()
         out: list[RunOutcome] = []
         for job in found:
-            if others_only and job.owner == self.instance:
+            if job.id in self._active:
                 continue  # this process is working on it
             held = (
                 job.owner
-                and job.owner != self.instance
+                and (job.owner != self.instance or others_only)
                 and job.lease_until is not None
                 and job.lease_until > now
             )
@@ -782,11 +792,14 @@ class Executor:
                     job.lease_until,
                 )
                 continue
+            self._active.add(job.id)
             try:
                 outcome = await self._resume(job)
             except JobConflict as e:
                 log.info("job %d: %s", job.id, e.message)
                 continue
+            finally:
+                self._active.discard(job.id)
             self._emit(outcome.events)
             out.append(outcome)
         return out
