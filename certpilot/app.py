@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from certpilot.cluster import Cluster, replica_id
 from certpilot.ctwatching import CTRuntime, RecordedIssuance, open_ct
 from certpilot.domain.clock import Clock
+from certpilot.domain.errors import CertpilotError
 from certpilot.domain.inventory import Event, InventoryItem
 from certpilot.domain.model import EndpointTarget, Observation, Target
 from certpilot.domain.ownership import OwnerRule, assign_owners
@@ -621,6 +622,9 @@ class Service:
                             prune=leader,
                             configured=targets,
                         )
+                    except CertpilotError as e:  # the store is down: one line, retried next cycle
+                        log.error("scan cycle failed: %s", e.one_line())
+                        return
                     except Exception:
                         log.exception("scan cycle failed")
                         return
@@ -653,6 +657,8 @@ class Service:
                     )
                     if slack is not None:
                         await slack.on_slo(self._slo_statuses)
+                except CertpilotError as e:
+                    log.error("SLO evaluation failed: %s", e.one_line())
                 except Exception:
                     log.exception("SLO evaluation failed")
 
@@ -734,6 +740,8 @@ class Service:
                 if not stop.is_set():
                     await rt.executor.run_due()
                 metrics.observe_jobs(await asyncio.to_thread(rt.jobs.counts))
+            except CertpilotError as e:
+                log.error("remediation cycle failed: %s", e.one_line())
             except Exception:
                 log.exception("remediation cycle failed")
             with contextlib.suppress(TimeoutError):

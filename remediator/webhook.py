@@ -107,6 +107,10 @@ _BRIEF = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
 
 
+#: Seconds a caller has to send the whole body once its headers are in.
+BODY_TIMEOUT = 10.0
+
+
 def _brief(value: object) -> str:
     """A short ``repr`` of a value from the body (it may be huge or deeply nested)."""
     return _BRIEF.repr(value)
@@ -350,7 +354,16 @@ def make_handler(
                 headers={"WWW-Authenticate": 'Bearer realm="certpilot"'},
             )
         try:
-            data = json.loads(await request.read())
+            # A client that sends its headers and then trickles the body must not hold the
+            # handler (the server's idle timeout only covers the request head).
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.read()
+        except TimeoutError:
+            return web.json_response(
+                {"error": f"body: not received within {BODY_TIMEOUT:g} s"}, status=408
+            )
+        try:
+            data = json.loads(raw)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return web.json_response({"error": "body: expected JSON"}, status=400)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,12 +42,19 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
-    """One throwaway PostgreSQL cluster for the whole run, started on first use."""
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole run, started on first use.
+
+    Its data lives outside pytest's temporary directory: another pytest session starting on
+    the machine resets that directory to 0700, which would lock the ``postgres`` user out."""
     bindir = require_postgres()
-    cluster = PostgresCluster(tmp_path_factory.mktemp("pg"), bindir)
-    with cluster:
-        yield cluster
+    work = Path(tempfile.mkdtemp(prefix="certpilot-pg-"))
+    cluster = PostgresCluster(work, bindir)
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture

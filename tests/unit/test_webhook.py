@@ -9,6 +9,7 @@ real ones on a temporary SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -749,4 +750,25 @@ async def test_a_bad_payload_is_a_400_naming_the_field(hook: Hook) -> None:
     old["version"] = "3"
     status, body, _, _ = await hook.post(old)
     assert status == 400 and body["error"] == "version: expected \"4\", got '3'"
+    assert hook.world.jobs.list() == [] and hook.wakes == []
+
+
+async def test_a_body_trickled_after_the_headers_is_cut_off(
+    hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers in, then the body never comes: 408 after the body timeout, nothing created."""
+    import remediator.webhook as webhook
+
+    monkeypatch.setattr(webhook, "BODY_TIMEOUT", 0.3)
+    host, port = hook.client.server.host, hook.client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /hooks/alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"receiver": '
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
     assert hook.world.jobs.list() == [] and hook.wakes == []
