@@ -168,11 +168,12 @@ class _Printer:
         self.matches = 0
         self.console = _console()
         self.progress: Progress | None = None
+        from ctwatch.monitor import FAILURES  # the store and ctwatch load when a verb runs
+
+        self.failure_kinds = FAILURES
 
     def __call__(self, event: Any) -> None:
-        from ctwatch.monitor import FAILURES
-
-        if event.kind in FAILURES:
+        if event.kind in self.failure_kinds:
             self.failures += 1
         elif event.kind == "log_error":
             self.errors += 1
@@ -195,7 +196,7 @@ class _Printer:
             )
         elif event.kind == "inclusion_verified":
             line = f"[green]included[/] entry {f['index']} in the tree of {f['tree_size']}"
-        elif event.kind in FAILURES or event.kind == "log_error":
+        elif event.kind in self.failure_kinds or event.kind == "log_error":
             where = f" entry {f['index']}" if "index" in f else ""
             line = f"[red]{event.kind}[/]{where}: {f.get('error', '')}"
         if line is not None:
@@ -226,7 +227,7 @@ async def _watch(args: argparse.Namespace) -> int:
     options = MonitorOptions(
         batch_size=args.batch_size,
         concurrency=args.concurrency,
-        window=max(args.batch_size * args.concurrency * 4, 4096),
+        window=max(args.batch_size * args.concurrency, 4096),
         verify_inclusion=args.verify_inclusion,
         start="beginning",
         from_index=args.from_index,

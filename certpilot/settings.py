@@ -419,7 +419,7 @@ class CTSettings(_Model):
     interval: Duration = 60.0
     batch_size: int = Field(default=256, ge=1, le=10000)
     concurrency: int = Field(default=4, ge=1, le=64)
-    window: int = Field(default=8192, ge=1, le=1_000_000)
+    window: int = Field(default=4096, ge=1, le=1_000_000)
     verify_inclusion: bool = False
     allowed_issuers: tuple[str, ...] = ()
     trust_inventory_issuers: bool = True

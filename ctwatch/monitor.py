@@ -163,7 +163,7 @@ class MemoryState:
 class MonitorOptions:
     batch_size: int = 256  # entries per get-entries call (logs cap it: often 256 or 1000)
     concurrency: int = 4  # get-entries calls in flight
-    window: int = 8192  # entries between two checks against the signed tree
+    window: int = 4096  # entries between two checks against the signed tree
     verify_inclusion: bool = False
     start: Literal["beginning", "end"] = "beginning"  # where a log never read before starts
     from_index: int | None = None  # overrides the stored position

@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeGuard
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from certpilot.domain.errors import CertpilotError
+from ctwatch.der import cert_fields
 
 HASH_SIZE = 32
 """SHA-256 output size: every Merkle hash and the precert ``issuer_key_hash``."""
@@ -392,7 +393,31 @@ def _names(cert: x509.Certificate) -> tuple[str, ...]:
     for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         if isinstance(attr.value, str):
             out.append(attr.value)
-    return tuple(dict.fromkeys(n.strip().lower().rstrip(".") for n in out if n.strip()))
+    return _normal(out)
+
+
+#: Issuer DER -> RFC 4514 string. Real logs have a few hundred issuers; bounded anyway.
+_ISSUERS: dict[bytes, str] = {}
+_ISSUERS_MAX = 4096
+
+
+def _normal(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n.strip().lower().rstrip(".") for n in names if n.strip()))
+
+
+def _names_and_issuer(cert_der: bytes, cert: x509.Certificate) -> tuple[tuple[str, ...], str]:
+    """The names and issuer of ``cert``: read from its DER by :mod:`ctwatch.der` when it can
+    (the issuer string computed once per issuer), else through ``cryptography``."""
+    fields = cert_fields(cert_der)
+    if fields is None:
+        return _names(cert), cert.issuer.rfc4514_string()
+    issuer = _ISSUERS.get(fields.issuer_der)
+    if issuer is None:
+        issuer = cert.issuer.rfc4514_string()
+        if len(_ISSUERS) >= _ISSUERS_MAX:
+            _ISSUERS.clear()
+        _ISSUERS[fields.issuer_der] = issuer
+    return _normal((*fields.dns_names, *fields.common_names)), issuer
 
 
 def _entry(
@@ -407,8 +432,7 @@ def _entry(
     try:
         cert = x509.load_der_x509_certificate(cert_der)
         # Touch every field we report: cryptography parses lazily, so errors surface here.
-        names = _names(cert)
-        issuer = cert.issuer.rfc4514_string()
+        names, issuer = _names_and_issuer(cert_der, cert)
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         serial = format(cert.serial_number, "x")
     except (
@@ -436,6 +460,65 @@ def _entry(
     )
 
 
+def _chain(extra: bytes, pos: int) -> list[bytes] | None:
+    """``certificate_chain<0..2^24-1>`` at ``pos``, ending exactly at the end; else None."""
+    end = len(extra)
+    if pos + 3 > end:
+        return None
+    q = pos + 3
+    if q + int.from_bytes(extra[pos:q], "big") != end:
+        return None
+    certs: list[bytes] = []
+    while q < end:
+        if q + 3 > end:
+            return None
+        n = int.from_bytes(extra[q : q + 3], "big")
+        q += 3
+        if n == 0 or q + n > end:
+            return None
+        certs.append(extra[q : q + n])
+        q += n
+    return certs
+
+
+_Split = tuple[EntryType, int, bytes, list[bytes], bytes | None, bytes | None]
+
+
+def _fields(leaf: bytes, extra: bytes) -> _Split | None:
+    """The fields of a well-formed entry by plain offsets (the common case, about three times
+    cheaper than the cursor); ``None`` for anything unexpected, which the cursor then names.
+    Returns ``(type, timestamp, certificate, chain, issuer_key_hash, tbs)``."""
+    n = len(leaf)
+    if n < 15 or leaf[0] != _VERSION_V1 or leaf[1] != _LEAF_TIMESTAMPED_ENTRY:
+        return None
+    timestamp = int.from_bytes(leaf[2:10], "big")
+    entry_type = leaf[10] << 8 | leaf[11]
+    if entry_type == _ENTRY_X509:
+        length = int.from_bytes(leaf[12:15], "big")
+        p = 15 + length
+        if length == 0 or p + 2 > n or p + 2 + (leaf[p] << 8 | leaf[p + 1]) != n:
+            return None
+        chain = _chain(extra, 0)
+        if chain is None:
+            return None
+        return "x509", timestamp, leaf[15:p], chain, None, None
+    if entry_type == _ENTRY_PRECERT:
+        if n < 47:
+            return None
+        length = int.from_bytes(leaf[44:47], "big")
+        p = 47 + length
+        if length == 0 or p + 2 > n or p + 2 + (leaf[p] << 8 | leaf[p + 1]) != n:
+            return None
+        if len(extra) < 3:
+            return None
+        pre_len = int.from_bytes(extra[0:3], "big")
+        chain = _chain(extra, 3 + pre_len) if pre_len else None
+        if chain is None:
+            return None
+        return "precert", timestamp, extra[3 : 3 + pre_len], chain, leaf[12:44], leaf[47:p]
+    return None
+
+
 def parse_leaf(leaf_input: bytes, extra_data: bytes, index: int | None = None) -> CTEntry:
     """Parse one ``get-entries`` entry (already base64-decoded) into a :class:`CTEntry`.
 
@@ -452,6 +535,11 @@ def parse_leaf(leaf_input: bytes, extra_data: bytes, index: int | None = None) -
         extra_data, bytes | bytearray
     ):
         raise MalformedEntry(index, "leaf_input and extra_data must be bytes")
+    fast = _fields(bytes(leaf_input), bytes(extra_data))
+    if fast is not None:  # well-formed framing (nearly every entry): no per-field cursor
+        kind, stamp, der, certs, key_hash, tbs_der = fast
+        return _entry(index, kind, stamp, der, certs, key_hash, tbs_der)
+    # Something is off: the cursor walks it again to name what, where.
     leaf = _Reader(bytes(leaf_input), "leaf_input", index)
     version = leaf.uint(1, "version")
     if version != _VERSION_V1:
