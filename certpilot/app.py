@@ -32,7 +32,7 @@ from certpilot.domain.ownership import OwnerRule, assign_owners
 from certpilot.domain.reconcile import reconcile
 from certpilot.domain.remedy import DeployTarget
 from certpilot.http import bound_port, build_app, serve
-from certpilot.obs import Metrics
+from certpilot.obs import Metrics, release_memory
 from certpilot.paging import open_slack
 from certpilot.remediate import (
     RemediationRuntime,
@@ -146,6 +146,9 @@ async def scan_and_record(
             by_source.setdefault(o.source, []).append(o)
         for kind in {"tls", "file"} | set(by_source):
             metrics.observe_scan(kind, by_source.get(kind, []), duration)
+    # The cycle's temporaries (a large fleet's observations, the write batches) are freed
+    # now; hand the pages back instead of keeping the peak until the next cycle.
+    await asyncio.to_thread(release_memory)
     return ScanResult(observations, events, duration)
 
 

@@ -19,6 +19,8 @@ process-global default one, and nothing happens at import time.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import threading
@@ -222,6 +224,25 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), after a scan cycle or a
+    large scrape: Python frees the objects, but glibc keeps the pages in its arenas, so a
+    process's RSS would stay at its peak. A no-op where there is no glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fn: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # The inventory collector
 
@@ -267,9 +288,22 @@ class InventoryCollector:
             snap = self._snapshot
             # A clock that went backwards invalidates the cache too.
             if snap is None or not (snap.at <= now < snap.at + self._cache):
+                self._snapshot = None  # the old families go before the new ones are built
                 snap = _Snapshot(now, tuple(self._build(now)))
                 self._snapshot = snap
+                if self._cache.total_seconds() > 0:
+                    # Scrapes are seconds apart, the cache is for concurrent ones: do not keep
+                    # a large inventory's families (MBs) in memory until the next scrape.
+                    timer = threading.Timer(self._cache.total_seconds(), self._expire, (snap,))
+                    timer.daemon = True
+                    timer.start()
         return iter(snap.families)
+
+    def _expire(self, snap: _Snapshot) -> None:
+        with self._lock:
+            if self._snapshot is snap:
+                self._snapshot = None
+        release_memory()
 
     def _build(self, now: datetime) -> list[Metric]:
         try:
