@@ -22,7 +22,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
-from certpilot.cluster import Cluster, replica_id
+from certpilot.cluster import Cluster, DatabaseClock, replica_id
 from certpilot.ctwatching import CTRuntime, RecordedIssuance, open_ct
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertpilotError
@@ -442,9 +442,11 @@ class Service:
             # Replicas on one database: membership, the endpoint shares, the leader; and the
             # clock every replica agrees on (the database's), for leases and timestamps.
             instance = self.settings.cluster.instance or socket.gethostname()
+            # A second run() of the same Service wraps the original clock, not the last one.
+            base = self.clock.base if isinstance(self.clock, DatabaseClock) else self.clock
             cluster = Cluster(
                 self.settings.store.url,
-                self.clock,
+                base,
                 heartbeat=self.settings.cluster.heartbeat,
                 ttl=self.settings.cluster.ttl,
                 replica=replica_id(instance),
