@@ -317,6 +317,9 @@ async def test_keepalive_pings(server: LoopbackCertstream) -> None:
         reader = Reader(_client(server.url, ping_interval=0.05))
         await server.wait_clients(1)
         await _until(lambda: server.pings >= 3, "three pings", timeout=5)
+        # The pings kept the one connection alive: no reconnect, no gap.
+        assert server.pings >= 3 and server.connections == 1
+        assert reader.client.reconnects == 0 and reader.client.heartbeat_gaps == 0
         await reader.close()
 
 
