@@ -19,7 +19,13 @@ from rich.table import Table
 from rich.text import Text
 
 from certpilot import __version__, cli_ct, cli_jobs
-from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from certpilot.cli_common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    duration_arg,
+    positive_int_arg,
+)
 from certpilot.cli_common import console as _console
 from certpilot.cli_common import require_db as _require_db
 from certpilot.cli_common import store_url as _store_url
@@ -28,7 +34,7 @@ from certpilot.domain.clock import SystemClock
 from certpilot.domain.errors import CertpilotError, ConfigError, UsageError
 from certpilot.domain.judge import JudgePolicy
 from certpilot.domain.problems import ProblemCode
-from certpilot.settings import load_settings, parse_duration
+from certpilot.settings import load_settings
 from certpilot.targets import parse_resolve, parse_targets
 
 
@@ -36,19 +42,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _float(text: str) -> float:
@@ -123,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--sni", metavar="NAME", help="server name to send and check, for every endpoint"
     )
-    s.add_argument("--timeout", type=_duration, default=5.0, help="per target (default 5s)")
-    s.add_argument("--concurrency", type=_positive_int, default=100, help="default 100")
+    s.add_argument("--timeout", type=duration_arg, default=5.0, help="per target (default 5s)")
+    s.add_argument("--concurrency", type=positive_int_arg, default=100, help="default 100")
     s.add_argument(
         "--workers",
         type=int,
@@ -186,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEQ:HASH",
         help="a head recorded earlier (HASH: at least 16 hex digits)",
     )
-    al.add_argument("--limit", type=_positive_int, default=50, help="how many entries (default 50)")
+    al.add_argument(
+        "--limit", type=positive_int_arg, default=50, help="how many entries (default 50)"
+    )
 
     so = sub.add_parser("slo", help="SLOs: error budgets and burn rates")
     sosub = so.add_subparsers(dest="slo_command", metavar="ACTION", parser_class=_Parser)
@@ -278,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--rescan",
-        type=_duration,
+        type=duration_arg,
         default=30.0,
         metavar="SECONDS",
         help="with --serve, pause between rescans (default 30s)",

@@ -11,9 +11,24 @@ from pathlib import Path
 from rich.console import Console
 
 from certpilot.domain.errors import ConfigError
-from certpilot.settings import Settings, load_settings
+from certpilot.settings import Settings, load_settings, parse_duration
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def duration_arg(text: str) -> float:
+    """argparse ``type=`` for a duration (``30s``, ``5m``, ``1h``, seconds)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse ``type=`` for a count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def console(stderr: bool = False) -> Console:

@@ -23,29 +23,15 @@ from typing import Any, TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS
+from certpilot.cli_common import EXIT_OK, EXIT_PROBLEMS, duration_arg, positive_int_arg
 from certpilot.cli_common import console as _console
 from certpilot.domain.clock import SystemClock
 from certpilot.domain.errors import ConfigError, UsageError
-from certpilot.settings import parse_duration
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
 
 
 def _index(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected an entry index (0 or more), got {text!r}")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 
 
@@ -93,10 +79,14 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     )
     w.add_argument("--once", action="store_true", help="one pass, then exit")
     w.add_argument(
-        "--interval", type=_duration, default=60.0, metavar="SECONDS", help="without --once"
+        "--interval", type=duration_arg, default=60.0, metavar="SECONDS", help="without --once"
     )
-    w.add_argument("--batch-size", type=_count, default=256, metavar="N", help="get-entries size")
-    w.add_argument("--concurrency", type=_count, default=4, metavar="N", help="requests at once")
+    w.add_argument(
+        "--batch-size", type=positive_int_arg, default=256, metavar="N", help="get-entries size"
+    )
+    w.add_argument(
+        "--concurrency", type=positive_int_arg, default=4, metavar="N", help="requests at once"
+    )
     w.add_argument("--format", choices=["text", "json"], default="text")
 
     st = ctsub.add_parser(
@@ -109,11 +99,11 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     )
     st.add_argument("--url", required=True, metavar="WS_URL", help="ws:// or wss:// URL")
     st.add_argument("--watch", action="append", default=[], metavar="FILE", help="watchlist")
-    st.add_argument("--count", type=_count, metavar="N", help="stop after N matches")
-    st.add_argument("--seconds", type=_duration, metavar="S", help="stop after S seconds")
+    st.add_argument("--count", type=positive_int_arg, metavar="N", help="stop after N matches")
+    st.add_argument("--seconds", type=duration_arg, metavar="S", help="stop after S seconds")
     st.add_argument(
         "--heartbeat-timeout",
-        type=_duration,
+        type=duration_arg,
         default=30.0,
         metavar="S",
         help="reconnect after S seconds without any message (default 30s)",
