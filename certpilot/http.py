@@ -28,7 +28,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertpilotError, ConfigError, StoreError
@@ -36,6 +35,7 @@ from certpilot.domain.inventory import ScanRun
 from certpilot.domain.problems import ProblemCode
 from certpilot.domain.protocols import InventoryReader
 from certpilot.domain.x509 import iso
+from certpilot.obs import exposition
 
 log = logging.getLogger("certpilot.http")
 
@@ -169,12 +169,18 @@ class _Handlers:
         self._readiness = readiness
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        # choose_encoder honours "Accept: application/openmetrics-text" as Prometheus sends it
-        # when it prefers OpenMetrics; everything else gets text format 0.0.4.
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = await asyncio.to_thread(encoder, self._registry)
-        response = web.Response(body=body, headers={"Content-Type": content_type})
+        # Text format 0.0.4, or OpenMetrics when the Accept header asks for it as Prometheus
+        # does; streamed family by family (a large inventory is tens of MB of text).
+        content_type, chunks = exposition(self._registry, request.headers.get("Accept", ""))
+        # The first chunk before the headers: a failure there is still a clean 500.
+        chunk = await asyncio.to_thread(next, chunks, None)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         response.enable_compression()  # gzip/deflate only when the scraper accepts it
+        await response.prepare(request)
+        while chunk is not None:
+            await response.write(chunk)
+            chunk = await asyncio.to_thread(next, chunks, None)
+        await response.write_eof()
         return response
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:

@@ -31,7 +31,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from certpilot import __version__
 from certpilot.domain.clock import Clock
@@ -244,13 +247,70 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Exposition in pieces
+
+_EOF = b"# EOF\n"
+_CHUNK_BYTES = 256 * 1024
+#: Series per piece of a large (streamed) family: the encoder holds a piece's lines three times
+#: over (the lines, their join, its bytes), 2,000 x509 series are about 1 MB of text.
+_PIECE_ROWS = 2000
+
+
+class _One(Collector):
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return (self._metric,)
+
+
+def exposition(registry: Collector, accept: str = "") -> tuple[str, Iterator[bytes]]:
+    """``/metrics`` in pieces: the content type the ``Accept`` header asks for (text 0.0.4 or
+    OpenMetrics, prometheus_client's ``choose_encoder``) and the body as chunks of about
+    256 KiB.
+
+    prometheus_client's encoders build the whole body in memory (every line, then the joined
+    text, then its bytes: about three times the output, 90 MB for a 10,000-location inventory).
+    Here each family is encoded on its own by the same encoder, as the registry yields it, so a
+    scrape holds one family's text at a time, and a large inventory family (:class:`_Streamed`)
+    is encoded in pieces of ``_PIECE_ROWS`` series, the header written once. The bytes are the
+    encoder's, with OpenMetrics' closing ``# EOF`` written once at the end."""
+    encoder, content_type = choose_encoder(accept)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+
+    def chunks() -> Iterator[bytes]:
+        parts: list[bytes] = []
+        size = 0
+        for metric in registry.collect():
+            pieces = metric.pieces(_PIECE_ROWS) if isinstance(metric, _Streamed) else [metric]
+            for i, piece in enumerate(pieces):
+                data = encoder(_One(piece))
+                if openmetrics:
+                    data = data.removesuffix(_EOF)
+                if i:  # a later piece of one family: its lines, without the family's header
+                    help_line, type_line, data = data.split(b"\n", 2)
+                    assert help_line.startswith(b"# HELP ") and type_line.startswith(b"# TYPE ")
+                parts.append(data)
+                size += len(data)
+                if size >= _CHUNK_BYTES:
+                    yield b"".join(parts)
+                    parts, size = [], 0
+        if openmetrics:
+            parts.append(_EOF)
+        if parts:
+            yield b"".join(parts)
+
+    return content_type, chunks()
+
+
+# ---------------------------------------------------------------------------------------------
 # The inventory collector
 
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
     at: datetime
-    families: tuple[Metric, ...]
+    items: Sequence[InventoryItem] | None  # None: the read failed
 
 
 class InventoryCollector:
@@ -258,6 +318,12 @@ class InventoryCollector:
 
     ``known_sources`` returns sources seen by the scan loop, so ``certpilot_inventory_items`` reads
     0 (not absent) for a source whose last scan found nothing.
+
+    Memory: a 10,000-location inventory is about 80,000 samples (32 MB of text). What is cached
+    between concurrent scrapes is the inventory read, not the samples; :meth:`collect` builds the
+    families one group at a time as the encoder asks for them, and the samples of one location
+    share one label dict per group (``Metric.add_sample`` keeps the dict it is given), so with a
+    streaming encoder (:func:`exposition_chunks`) a scrape holds one group's samples at a time.
     """
 
     def __init__(
@@ -288,16 +354,21 @@ class InventoryCollector:
             snap = self._snapshot
             # A clock that went backwards invalidates the cache too.
             if snap is None or not (snap.at <= now < snap.at + self._cache):
-                self._snapshot = None  # the old families go before the new ones are built
-                snap = _Snapshot(now, tuple(self._build(now)))
+                self._snapshot = None  # the old read goes before the new one is made
+                snap = _Snapshot(now, self._read(now))
                 self._snapshot = snap
                 if self._cache.total_seconds() > 0:
                     # Scrapes are seconds apart, the cache is for concurrent ones: do not keep
-                    # a large inventory's families (MBs) in memory until the next scrape.
+                    # a large inventory's rows in memory until the next scrape.
                     timer = threading.Timer(self._cache.total_seconds(), self._expire, (snap,))
                     timer.daemon = True
                     timer.start()
-        return iter(snap.families)
+        if snap.items is None:
+            up = GaugeMetricFamily(
+                "certpilot_inventory_up", _HELP["certpilot_inventory_up"], value=0
+            )
+            return iter([up])
+        return self._families_for(snap.items, snap.at)
 
     def _expire(self, snap: _Snapshot) -> None:
         with self._lock:
@@ -305,41 +376,55 @@ class InventoryCollector:
                 self._snapshot = None
         release_memory()
 
-    def _build(self, now: datetime) -> list[Metric]:
+    def _read(self, now: datetime) -> Sequence[InventoryItem] | None:
         try:
-            items = self._inventory.items(now=now)
-            return self._families_for(items, now)
+            return self._inventory.items(now=now)
         except Exception as e:  # a scrape must never fail because the store did
             # A StoreError's message, never its str(): that one carries the URL (a password?).
             detail = e.message if isinstance(e, StoreError) else str(e)
             log.warning("inventory read for metrics failed: %s: %s", type(e).__name__, detail)
-            up = GaugeMetricFamily(
-                "certpilot_inventory_up", _HELP["certpilot_inventory_up"], value=0
-            )
-            return [up]
+            return None
 
-    def _families_for(self, items: Sequence[InventoryItem], now: datetime) -> list[Metric]:
-        fam = {f.name: f for f in _families()}
+    def _families_for(self, items: Sequence[InventoryItem], now: datetime) -> Iterator[Metric]:
+        """The inventory families in three groups, each built when the previous one has been
+        handed on: counts and problems, the certpilot certificate series, the
+        x509-certificate-exporter series."""
+        yield from self._summary_families(items)
+        yield from self._certificate_families(items, now)
+        yield from self._x509_families(items, now)
+        # The encoder is done with them: hand the pages of the scrape's temporaries back now,
+        # not when the cached read expires.
+        release_memory()
+
+    def _summary_families(self, items: Sequence[InventoryItem]) -> list[Metric]:
+        info = _family("certpilot_item_info")
+        problem = _family("certpilot_certificate_problem")
         per_source: dict[str, int] = dict.fromkeys(self._known_sources(), 0)
         problems: dict[str, int] = {c.value: 0 for c in ProblemCode}
-        x509_seen: set[tuple[str, ...]] = set()
-
         for item in items:
             per_source[item.source] = per_source.get(item.source, 0) + 1
-            fam["certpilot_item_info"].add_metric([item.ref, item.labels.get("owner", "")], 1.0)
+            info.add_metric([item.ref, item.labels.get("owner", "")], 1.0)
             for code in dict.fromkeys(str(c) for c in item.problems):
                 problems[code] = problems.get(code, 0) + 1
-                fam["certpilot_certificate_problem"].add_metric(
-                    [item.ref, item.source, item.target, code], 1.0
-                )
-            if item.not_after is None:
-                continue  # nothing was read at this location: no certificate series
-            if item.source in SEEN_ONLY_SOURCES:
-                # A certificate seen in a CT log is not deployed anywhere: its expiry is nobody's
-                # outage, so it gets no expiry series (its problems above still page).
-                continue
+                problem.add_metric([item.ref, item.source, item.target, code], 1.0)
+        counts = _family("certpilot_inventory_items")
+        for source, count in sorted(per_source.items()):
+            counts.add_metric([source], float(count))
+        by_code = _family("certpilot_problems")
+        for code, count in problems.items():
+            by_code.add_metric([code], float(count))
+        up = _family("certpilot_inventory_up")
+        up.add_metric([], 1.0)
+        return [info, problem, counts, by_code, up]
 
-            cert_labels = [
+    def _certificate_families(self, items: Sequence[InventoryItem], now: datetime) -> list[Metric]:
+        """The four ``certpilot_certificate_*`` families, each streamed (:class:`_Streamed`)
+        from one row per location: its label values and dates."""
+        # (label values, not_after, expires_in, not_before, lifetime_left_ratio)
+        rows: list[tuple[tuple[str, ...], float, float, float | None, float | None]] = []
+        for item in _with_expiry(items):
+            assert item.not_after is not None
+            values = (
                 item.ref,
                 item.source,
                 item.target,
@@ -347,42 +432,94 @@ class InventoryCollector:
                 item.issuer_cn or dn_fields(item.issuer)["CN"],
                 item.serial or "",
                 item.fingerprint_sha256 or "",
-            ]
-            item_not_after = _aware(item.not_after)
-            item_not_before = _aware(item.not_before) if item.not_before is not None else None
-            not_after = item_not_after.timestamp()
-            fam["certpilot_certificate_not_after_seconds"].add_metric(cert_labels, not_after)
-            left = (item_not_after - now).total_seconds()
-            fam["certpilot_certificate_expires_in_seconds"].add_metric(cert_labels, left)
-            if item_not_before is not None:
-                fam["certpilot_certificate_not_before_seconds"].add_metric(
-                    cert_labels, item_not_before.timestamp()
-                )
-                life = (item_not_after - item_not_before).total_seconds()
+            )
+            not_after = _aware(item.not_after)
+            left = (not_after - now).total_seconds()
+            start: float | None = None
+            ratio: float | None = None
+            if item.not_before is not None:
+                not_before = _aware(item.not_before)
+                start = not_before.timestamp()
+                life = (not_after - not_before).total_seconds()
                 ratio = max(0.0, min(1.0, left / life)) if life > 0 else 0.0
-                fam["certpilot_certificate_lifetime_left_ratio"].add_metric(cert_labels, ratio)
+            rows.append((values, not_after.timestamp(), left, start, ratio))
+        has_start = [r for r in rows if r[3] is not None]
+        return [
+            _Streamed("certpilot_certificate_not_after_seconds", rows, lambda r: r[1]),
+            _Streamed("certpilot_certificate_expires_in_seconds", rows, lambda r: r[2]),
+            _Streamed("certpilot_certificate_not_before_seconds", has_start, lambda r: r[3]),
+            _Streamed("certpilot_certificate_lifetime_left_ratio", has_start, lambda r: r[4]),
+        ]
 
-            x509_labels = _x509_labels(item)
-            key = tuple(x509_labels)
-            if key in x509_seen:
+    def _x509_families(self, items: Sequence[InventoryItem], now: datetime) -> list[Metric]:
+        """The x509-certificate-exporter families, streamed like the certificate ones."""
+        rows: list[tuple[tuple[str, ...], float, float | None]] = []
+        seen: set[tuple[str, ...]] = set()
+        for item in _with_expiry(items):
+            assert item.not_after is not None
+            values = tuple(_x509_labels(item))
+            if values in seen:
                 # Two locations holding the same certificate with identical labels (the same
                 # endpoint under two SNI names, a bundle listing a cert twice): one series, since
                 # Prometheus drops duplicate samples in a scrape anyway.
                 continue
-            x509_seen.add(key)
-            fam["x509_cert_not_after"].add_metric(x509_labels, not_after)
-            if item_not_before is not None:
-                fam["x509_cert_not_before"].add_metric(x509_labels, item_not_before.timestamp())
+            seen.add(values)
+            not_before = _aware(item.not_before).timestamp() if item.not_before else None
+            rows.append((values, _aware(item.not_after).timestamp(), not_before))
+        del seen
+        at = now.timestamp()
+        has_start = [r for r in rows if r[2] is not None]
+        return [
+            _Streamed("x509_cert_not_after", rows, lambda r: r[1]),
+            _Streamed("x509_cert_not_before", has_start, lambda r: r[2]),
             # Same rule as the judge's "expired" (RFC 5280 4.1.2.5: notAfter is inclusive, so
             # >= is one instant early, and consistent with certpilot's own problem code).
-            fam["x509_cert_expired"].add_metric(x509_labels, 1.0 if now >= item_not_after else 0.0)
+            _Streamed("x509_cert_expired", rows, lambda r: 1.0 if at >= r[1] else 0.0),
+        ]
 
-        for source, count in sorted(per_source.items()):
-            fam["certpilot_inventory_items"].add_metric([source], float(count))
-        for code, count in problems.items():
-            fam["certpilot_problems"].add_metric([code], float(count))
-        fam["certpilot_inventory_up"].add_metric([], 1.0)
-        return list(fam.values())
+
+class _Streamed(Metric):
+    """A gauge family whose samples are made as the encoder reads them, from one row per
+    series: ``(label values in _FAMILY_LABELS order, ...)`` and ``value(row)``.
+
+    prometheus_client's encoders read ``samples`` once, in order; a list of them would hold a
+    label dict per series (the x509 families carry 20 labels: 1.2 KB a series) for the whole
+    scrape. Here the rows are small tuples shared by a group's families, and each sample's
+    dict lives only while its line is written. Reading ``samples`` again starts over."""
+
+    def __init__(
+        self, name: str, rows: Sequence[Any], value: Callable[[Any], float | None]
+    ) -> None:
+        super().__init__(name, _HELP[name], "gauge")
+        self._labels = tuple(_FAMILY_LABELS[name])
+        self._rows = rows
+        self._value = value
+
+    @property  # type: ignore[override]
+    def samples(self) -> Iterator[Sample]:
+        name, labels, value = self.name, self._labels, self._value
+        for row in self._rows:
+            v = value(row)
+            assert v is not None  # the families get only the rows that have their value
+            yield Sample(name, dict(zip(labels, row[0], strict=True)), v)
+
+    @samples.setter
+    def samples(self, _: object) -> None:
+        """``Metric.__init__`` sets an empty list: the rows are the samples here."""
+
+    def pieces(self, rows: int) -> Iterator[_Streamed]:
+        """The family cut into families of at most ``rows`` series each (one when empty)."""
+        for start in range(0, max(1, len(self._rows)), rows):
+            yield _Streamed(self.name, self._rows[start : start + rows], self._value)
+
+
+def _with_expiry(items: Sequence[InventoryItem]) -> Iterator[InventoryItem]:
+    """The items that get expiry series: a certificate was read there (``not_after``), and it is
+    deployed somewhere. A certificate seen in a CT log is not: its expiry is nobody's outage,
+    so it gets no expiry series (its problems still page, see the summary group)."""
+    for item in items:
+        if item.not_after is not None and item.source not in SEEN_ONLY_SOURCES:
+            yield item
 
 
 def _x509_labels(item: InventoryItem) -> list[str]:
@@ -458,11 +595,69 @@ _FAMILY_LABELS: Mapping[str, Sequence[str]] = {
 
 
 def _families() -> list[GaugeMetricFamily]:
-    """Empty families: what describe() yields and what a collect() fills."""
-    return [
-        GaugeMetricFamily(name, _HELP[name], labels=list(labels))
-        for name, labels in _FAMILY_LABELS.items()
-    ]
+    """Empty families: what describe() yields."""
+    return [_family(name) for name in _FAMILY_LABELS]
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, _HELP[name], labels=list(_FAMILY_LABELS[name]))
+
+
+class ProbeCollector:
+    """``certpilot_probe_success`` and ``certpilot_probe_duration_seconds``, one series per
+    location of each source's last scan.
+
+    A custom collector rather than two labelled ``Gauge``s: a labelled child is an object with
+    its own lock and value (about 700 bytes), and two of them per location held 14 MB for a
+    10,000-endpoint fleet; here a location is one small tuple, and the samples exist only
+    while a scrape encodes them."""
+
+    _SUCCESS = "certpilot_probe_success"
+    _DURATION = "certpilot_probe_duration_seconds"
+    _HELP = {
+        _SUCCESS: (
+            "1 when the last scan read a certificate at this location (no connection_refused, "
+            "timeout, dns_error, tls_error, unreadable or malformed problem), else 0."
+        ),
+        _DURATION: "Time the last scan spent on this location.",
+    }
+    _LABELS = ("source", "target", "ref")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Per source: (target, ref) -> (read a certificate, seconds), of the last scan.
+        self._series: dict[str, dict[tuple[str, str], tuple[bool, float]]] = {}
+
+    def replace(self, source: str, observations: Sequence[Observation]) -> None:
+        """The series of ``source`` become exactly those of ``observations`` (refs absent from
+        this run go; a ref that appears twice: the last observation wins)."""
+        latest: dict[tuple[str, str], tuple[bool, float]] = {}
+        for obs in observations:
+            ok = not any(c in REACHABILITY_CODES for c in obs.codes)
+            latest[(obs.target, obs.ref)] = (ok, obs.duration_seconds)
+        with self._lock:
+            self._series[source] = latest
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._empty())
+
+    def _empty(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(name, self._HELP[name], labels=list(self._LABELS))
+            for name in (self._SUCCESS, self._DURATION)
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            series = [(source, list(per.items())) for source, per in self._series.items()]
+        success, duration = self._empty()
+        for source, rows in series:
+            for (target, ref), (ok, seconds) in rows:
+                labels = {"source": source, "target": target, "ref": ref}
+                success.add_sample(self._SUCCESS, labels, 1.0 if ok else 0.0)
+                duration.add_sample(self._DURATION, labels, seconds)
+        yield success
+        yield duration
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,8 +725,6 @@ class Metrics:
     ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        # Per source, the (target, ref) label pairs exported by its last scan.
-        self._probe_series: dict[str, set[tuple[str, str]]] = {}
         self._sources: set[str] = set()
 
         self.build_info = Gauge(
@@ -542,19 +735,8 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
 
-        self.probe_success = Gauge(
-            "certpilot_probe_success",
-            "1 when the last scan read a certificate at this location (no connection_refused, "
-            "timeout, dns_error, tls_error, unreadable or malformed problem), else 0.",
-            ["source", "target", "ref"],
-            registry=registry,
-        )
-        self.probe_duration = Gauge(
-            "certpilot_probe_duration_seconds",
-            "Time the last scan spent on this location.",
-            ["source", "target", "ref"],
-            registry=registry,
-        )
+        self.probes = ProbeCollector()
+        registry.register(self.probes)
         self.scan_duration = Histogram(
             "certpilot_scan_duration_seconds",
             "Wall time of complete scan runs, per source.",
@@ -787,25 +969,16 @@ class Metrics:
         The per-ref series of ``source`` become exactly those of ``observations``: refs absent
         from this run are removed. If a ref appears twice, the last observation wins.
         """
-        latest: dict[tuple[str, str], Observation] = {}
-        for obs in observations:
-            latest[(obs.target, obs.ref)] = obs
+        latest = {(obs.target, obs.ref): obs for obs in observations}
         read_any = False
         with self._lock:
             self._touch_source(source)
-            previous = self._probe_series.get(source, set())
-            for target, ref in previous - latest.keys():
-                self.probe_success.remove(source, target, ref)
-                self.probe_duration.remove(source, target, ref)
-            for (target, ref), obs in latest.items():
+            for obs in latest.values():
                 unreachable = [c for c in obs.codes if c in REACHABILITY_CODES]
-                ok = not unreachable
-                read_any = read_any or ok
-                self.probe_success.labels(source, target, ref).set(1.0 if ok else 0.0)
-                self.probe_duration.labels(source, target, ref).set(obs.duration_seconds)
+                read_any = read_any or not unreachable
                 for code in dict.fromkeys(unreachable):
                     self.source_errors.labels(source, code.value).inc()
-            self._probe_series[source] = set(latest)
+            self.probes.replace(source, list(latest.values()))
 
             self.scan_runs.labels(source).inc()
             self.scan_observations.labels(source).inc(len(observations))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from certpilot import __version__
@@ -22,6 +23,7 @@ from certpilot.obs import (
     decimal_serial,
     dn_fields,
     endpoint_of,
+    exposition,
     file_path_of,
     parse_rfc4514,
 )
@@ -585,3 +587,44 @@ def test_exposition_is_valid_text(
     assert '/etc/ssl/we"ird\\path.pem' in paths
     # An item without notBefore still gets not_after but no not_before / ratio series.
     assert len(fams["x509_cert_not_before"].samples) == 2
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "",
+        "text/plain;version=0.0.4",
+        "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5",
+    ],
+)
+def test_streamed_exposition_is_byte_for_byte_the_encoders(
+    monkeypatch: pytest.MonkeyPatch,
+    metrics: Metrics,
+    registry: CollectorRegistry,
+    inv: FakeInventory,
+    accept: str,
+) -> None:
+    """``exposition`` writes exactly what prometheus_client's own encoder writes for the whole
+    registry (counters' ``_created`` samples, OpenMetrics' single ``# EOF`` included), though
+    it encodes family by family and the inventory's large families in pieces."""
+    import certpilot.obs as obs_module
+
+    monkeypatch.setattr(obs_module, "_CHUNK_BYTES", 2048)  # several chunks from a small registry
+    monkeypatch.setattr(obs_module, "_PIECE_ROWS", 7)  # large families encoded in pieces
+    inv.data = [item(f"tls://h{i}:443#h{i}", serial=f"{i:x}") for i in range(40)]
+    inv.data.append(item("tls://bad:443#bad", problems=[ProblemCode.EXPIRED]))
+    metrics.observe_scan("tls", [obs("tls://a:443#a", ProblemCode.EXPIRED)], 1.0)
+    content_type, chunks = exposition(registry, accept)
+    parts = list(chunks)
+    encoder, expected_type = choose_encoder(accept)
+    assert content_type == expected_type
+    assert len(parts) > 3
+    body = b"".join(parts)
+    assert body == encoder(registry)
+    if accept.startswith("application/openmetrics-text"):
+        assert body.count(b"# EOF\n") == 1 and body.endswith(b"# EOF\n")
+    # The streamed families can be read more than once (each read makes the samples anew).
+    fams = {f.name: f for f in registry.collect()}
+    for name in ("certpilot_certificate_not_before_seconds", "x509_cert_expired"):
+        once, again = list(fams[name].samples), list(fams[name].samples)
+        assert once == again and len(once) == 41
