@@ -15,7 +15,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -200,3 +203,33 @@ def test_replicas_starting_together_create_the_schema_once(pg_url: str) -> None:
     with ctx.Pool(3) as pool:
         assert pool.map(_open_inventory, [pg_url] * 3) == ["0", "0", "0"]
     assert _revision(pg_url) == schema.head()
+
+
+def test_head_is_alembics_head_and_a_current_database_never_loads_alembic(
+    store_url: str, tmp_path: Path
+) -> None:
+    """``schema.HEAD`` is what alembic finds newest in ``migrations/versions``; opening a
+    database that is already current reads its revision without importing alembic (a service
+    process then never carries it), and reads the same revision alembic reads."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(schema.__file__).with_name("migrations")))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == schema.HEAD
+    with schema.SchemaStore.open(store_url) as store:
+        assert store.current() is None  # an empty database: no version table yet
+    Inventory.open(store_url).close()
+    with schema.SchemaStore.open(store_url) as store:
+        assert store.current() == _revision(store_url) == schema.HEAD
+    probe = (
+        "import sys\n"
+        "from certpilot.store import Inventory\n"
+        "import certpilot.app\n"
+        f"Inventory.open({store_url!r}).close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr
