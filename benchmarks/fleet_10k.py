@@ -19,17 +19,20 @@ What is measured, in this order, with one ``scanner.runner.Scanner`` kept for th
 default settings (``concurrency 100``, ``timeout 5``, ``workers --workers``; 0 = one per usable
 CPU) except that the CA file is the fleet's root and the system trust store is off:
 
-1. ``scan (cold)``: ``Scanner.probe`` of the whole fleet, including the start of the worker pool
-   (what the first cycle after ``certpilot run`` starts pays);
+1. ``scan (cold)``: ``Scanner.probe_chunks`` of the whole fleet, each chunk judged and dropped
+   as it comes, including the start of the worker pool (what the first cycle after
+   ``certpilot run`` starts pays);
 2. ``sqlite first`` / ``sqlite steady``: ``certpilot.app.scan_and_record`` as the service's scan
    cycle calls it (``Metrics`` on a fresh registry, ``issued`` empty, ``prune=True``,
    ``configured`` = every target, CRL checks on as by default: the fleet's certificates name no
    CRL, so they cost only the look for one) into a fresh SQLite file (``first``: every location,
    certificate, sighting and event is new), then again (``steady``: nothing changed, the
-   periodic rescan). Then one ``/metrics`` exposition (``generate_latest`` of that registry,
-   which reads the inventory) is timed, with this process's peak RSS during it (``VmHWM``
-   reset just before) in its own column: "peak RSS" is the cycle's, "main RSS after" what
-   this process holds after the row, results dropped;
+   periodic rescan); ``keep=False`` as the service's cycles (endpoints recorded chunk by chunk
+   as the pool hands them on; a row is valid when every location was recorded without a
+   problem). Then one ``/metrics`` exposition (``certpilot.obs.exposition`` of that registry,
+   the chunks the service streams; it reads the inventory) is timed, with this process's peak
+   RSS during it (``VmHWM`` reset just before) in its own column: "peak RSS" is the cycle's,
+   "main RSS after" what this process holds after the row, results dropped;
 3. ``postgres first`` / ``postgres steady``: the same into an empty database of a throwaway
    PostgreSQL cluster (``tests.support.postgres.PostgresCluster``, ``fsync=off``), when the
    server binaries are installed (``--no-postgres`` skips it);
@@ -85,14 +88,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from certpilot.domain.model import Observation, Target
+    from certpilot.domain.model import EndpointTarget, Observation
     from scanner.runner import Scanner
 
 MiB = 1024 * 1024
@@ -373,17 +376,21 @@ async def wait_load1(limit: float, max_wait: float) -> tuple[float, float]:
 
 
 def make_timed_scanner(options: Any, clock: Any) -> Scanner:
-    """A ``Scanner`` that remembers how long its last ``scan`` took (the probing part of a
-    ``scan_and_record`` cycle)."""
+    """A ``Scanner`` that remembers how long its last ``probe_chunks`` took (the probing part
+    of a ``scan_and_record`` cycle: from the first probe to the last chunk handed on; the
+    cycle records each chunk meanwhile, while the pool probes the next ones)."""
     from scanner.runner import Scanner
 
     class TimedScanner(Scanner):
         last_scan_s = 0.0
 
-        async def scan(self, targets: Sequence[Target], **kw: Any) -> list[Observation]:
+        async def probe_chunks(
+            self, targets: Sequence[EndpointTarget], progress: Any = None
+        ) -> AsyncIterator[list[Observation]]:
             t0 = time.perf_counter()
             try:
-                return await super().scan(targets, **kw)
+                async for chunk in super().probe_chunks(targets, progress):
+                    yield chunk
             finally:
                 self.last_scan_s = time.perf_counter() - t0
 
@@ -553,11 +560,14 @@ async def bare_scan(
 ) -> Row:
     waited = await wait_quiet(args.max_busy, args.max_wait)
     la0 = os.getloadavg()[0]
+    ok, failures = 0, Counter[str]()
     with Sampler(nginx=nginx) as s:
-        observations = await scanner.probe(targets)
+        # Chunk by chunk, as the service's cycles take them: nothing holds the whole fleet.
+        async for chunk in scanner.probe_chunks(targets):
+            n, f = judge(chunk)
+            ok += n
+            failures.update(f)
     peaks, sampled = s.peaks(), s.sampled_peaks()
-    ok, failures = judge(observations)
-    del observations
     return Row(
         "scan (cold)",
         len(targets),
@@ -573,7 +583,7 @@ async def bare_scan(
         sampled,
         rss_end_mib=rss_now(),
         waited_s=waited,
-        failures=failures,
+        failures=dict(failures),
     )
 
 
@@ -587,11 +597,11 @@ async def record_cycles(
     postgres: int | None,
 ) -> list[Row]:
     """Two ``scan_and_record`` cycles into a fresh inventory: ``first`` and ``steady``."""
-    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry
 
     from certpilot.app import scan_and_record
     from certpilot.domain.clock import SystemClock
-    from certpilot.obs import Metrics
+    from certpilot.obs import Metrics, exposition
     from certpilot.store import Inventory
     from scanner.crl import CRLCache
 
@@ -621,10 +631,12 @@ async def record_cycles(
                     crl_cache=crl_cache,
                     prune=True,
                     configured=targets,
+                    keep=False,
                 )
             peaks, sampled = s.peaks(), s.sampled_peaks()
             scan_s = float(getattr(scanner, "last_scan_s", 0.0))
-            ok, failures = judge(res.observations)
+            failures = dict(res.codes)
+            ok = res.items - res.problems if res.items == len(targets) else 0
             events = len(res.events)
             del res
             checkpoint = inventory.wait_checkpoint()
@@ -632,7 +644,7 @@ async def record_cycles(
             # and renders every location's series. Its peak is reported on its own.
             reset_peak_rss(me)
             t0 = time.perf_counter()
-            size = len(generate_latest(registry))
+            size = sum(len(chunk) for chunk in exposition(registry)[1])
             scrape = time.perf_counter() - t0
             scrape_peak = round(vm_hwm(me) / MiB, 1)
             rows.append(

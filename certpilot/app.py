@@ -14,9 +14,10 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -27,10 +28,11 @@ from certpilot.ctwatching import CTRuntime, RecordedIssuance, open_ct
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import CertpilotError
 from certpilot.domain.inventory import Event, InventoryItem
-from certpilot.domain.model import EndpointTarget, Observation, Target
+from certpilot.domain.model import EndpointTarget, FileTarget, Observation, Target
 from certpilot.domain.ownership import OwnerRule, assign_owners
-from certpilot.domain.reconcile import reconcile
+from certpilot.domain.reconcile import Reconciler
 from certpilot.domain.remedy import DeployTarget
+from certpilot.domain.sli import SLIEvent
 from certpilot.http import bound_port, build_app, serve
 from certpilot.obs import Metrics, release_memory
 from certpilot.paging import open_slack
@@ -69,9 +71,46 @@ def scan_options(settings: Settings) -> ScanOptions:
 
 @dataclass(frozen=True)
 class ScanResult:
+    """One scan cycle. ``observations`` are empty when the cycle was asked not to keep them
+    (``keep=False``: the service's cycles); ``items`` and ``codes`` are counted either way."""
+
     observations: list[Observation]
     events: list[Event]
     duration_seconds: float
+    items: int = 0  # locations recorded
+    problems: int = 0  # of which with a problem
+    codes: Mapping[str, int] = field(default_factory=dict)  # problem code -> locations
+
+
+class _CycleTally:
+    """What a scan cycle keeps of the batches it records: counts, refs, the SLI events and
+    the metrics' per-location rows, and the observations themselves only when asked."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.observations: list[Observation] = []
+        self.events: list[Event] = []
+        self.sli: list[SLIEvent] = []
+        self.refs: set[str] = set()
+        self.codes: Counter[str] = Counter()
+        self.items = 0
+        self.problems = 0
+        self.by_source: dict[str, list[Observation]] = {}
+
+    def add(self, batch: Sequence[Observation], events: Sequence[Event], at: datetime) -> None:
+        self.events.extend(events)
+        self.sli.extend(slo_service.scan_events(batch, at))
+        self.items += len(batch)
+        for o in batch:
+            self.refs.add(o.ref)
+            if o.problems:
+                self.problems += 1
+                self.codes.update(c.value for c in o.codes)
+            # What the metrics need of a location, without its certificates.
+            slim = replace(o, leaf=None, chain=(), path=()) if not self.keep else o
+            self.by_source.setdefault(o.source, []).append(slim)
+        if self.keep:
+            self.observations.extend(batch)
 
 
 async def scan_and_record(
@@ -93,9 +132,18 @@ async def scan_and_record(
     store_prefixes: Iterable[str] = (),
     prune: bool = False,
     configured: Sequence[Target] | None = None,
+    keep: bool = True,
 ) -> ScanResult:
     """One scan cycle: probe, reconcile stored vs served vs issued (``issued``: fingerprints
-    certpilot issued), store (one transaction), SLI events, update metrics.
+    certpilot issued), store, SLI events, update metrics.
+
+    Certificates at rest (files, the ``stores``: OpenBao/Vault, Kubernetes, and what the store
+    ``watched`` currently see) are read first, since reconciling a served certificate needs
+    them all; endpoints are then probed and **recorded chunk by chunk** as the probe pool
+    hands them on (one transaction per chunk, ``Inventory.record``), the stored ones last.
+    Events come in the order endpoints, files, stores, as targets are given. With
+    ``keep=False`` the cycle keeps only counts of what it recorded (a 10,000-endpoint fleet's
+    observations are 30 MB), and the result's ``observations`` are empty.
 
     ``prune`` forgets locations the cycle shows are gone (:func:`stale_refs`; the service sets
     it, a one-shot ``certpilot scan --db`` does not). ``watched`` gives what the store watches
@@ -105,51 +153,71 @@ async def scan_and_record(
     only this replica's share (what is configured decides what is gone, not the share)."""
     started = time.perf_counter()
     run_id = await asyncio.to_thread(inventory.start_run, "scan", len(targets), clock.now())
-    scanned = await scanner.scan(targets, env=env, progress=progress)
+    endpoints = [t for t in targets if isinstance(t, EndpointTarget)]
+    files = [t for t in targets if isinstance(t, FileTarget)]
+    stored: list[Observation] = []
+    if files:
+        stored += await scanner.scan_files(files, env if env is not None else os.environ, progress)
     for store in stores:  # OpenBao/Vault, Kubernetes: never raise, failures are observations
-        scanned += await store()
+        stored += await store()
     context = list(watched()) if watched is not None else []
-    scanned += context
-    if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
-        scanned = await crl_cache.check_all(scanned, clock.now())
-    observations = reconcile(assign_owners(scanned, owners, default_owner), issued=issued)
-    events = await asyncio.to_thread(inventory.record, observations, now=clock.now(), run_id=run_id)
+    stored += context
+    reconciler = Reconciler(stored, issued=issued)
+    tally = _CycleTally(keep)
+
+    async def record(batch: list[Observation]) -> None:
+        if crl_cache is not None:  # revoked: the issuers' CRLs (fetched, cached until nextUpdate)
+            batch = await crl_cache.check_all(batch, clock.now())
+        batch = reconciler.apply(assign_owners(batch, owners, default_owner))
+        events = await asyncio.to_thread(inventory.record, batch, now=clock.now(), run_id=run_id)
+        tally.add(batch, events, clock.now())
+
+    async for chunk in scanner.probe_chunks(endpoints, progress):
+        await record(chunk)
+    if stored:
+        await record(stored)
+    del stored
     if watched is not None and context:
         # An object a watch deleted while this cycle ran was just recorded again: forget it.
         still = {o.ref for o in watched()}
         gone = [o.ref for o in context if o.ref not in still]
         if gone:
-            events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
+            tally.events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
     if prune:
-        stored = await asyncio.to_thread(inventory.refs)
+        refs = await asyncio.to_thread(inventory.refs)
+        failures = [o for obs in tally.by_source.values() for o in obs if o.error is not None]
         gone = stale_refs(
-            stored,
-            observations,
+            refs,
+            tally.refs,
             targets if configured is None else configured,
             stores=store_prefixes,
             watched=watched_names,
+            failures=failures,
         )
         if gone:
             log.info("forgetting %d locations that are gone", len(gone))
-            events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
-    problems = sum(1 for o in observations if o.problems)
-    await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), len(observations), problems)
-    sli = slo_service.scan_events(observations, clock.now())
-    increments = await asyncio.to_thread(slo_service.record_events, inventory, sli)
+            tally.events += await asyncio.to_thread(inventory.remove, gone, now=clock.now())
+    await asyncio.to_thread(inventory.finish_run, run_id, clock.now(), tally.items, tally.problems)
+    increments = await asyncio.to_thread(slo_service.record_events, inventory, tally.sli)
     duration = time.perf_counter() - started
     if metrics is not None:
         metrics.observe_sli(increments)
         if crl_cache is not None:
             metrics.observe_crls(crl_cache.status(clock.now()), crl_cache.error_counts)
-        by_source: dict[str, list[Observation]] = {}
-        for o in observations:
-            by_source.setdefault(o.source, []).append(o)
-        for kind in {"tls", "file"} | set(by_source):
-            metrics.observe_scan(kind, by_source.get(kind, []), duration)
-    # The cycle's temporaries (a large fleet's observations, the write batches) are freed
-    # now; hand the pages back instead of keeping the peak until the next cycle.
+        for kind in {"tls", "file"} | set(tally.by_source):
+            metrics.observe_scan(kind, tally.by_source.get(kind, []), duration)
+    result = ScanResult(
+        tally.observations,
+        tally.events,
+        duration,
+        items=tally.items,
+        problems=tally.problems,
+        codes=dict(tally.codes),
+    )
+    # The cycle's temporaries (the write batches) are freed now; hand the pages back instead of
+    # keeping the peak until the next cycle.
     await asyncio.to_thread(release_memory)
-    return ScanResult(observations, events, duration)
+    return result
 
 
 async def slo_cycle(
@@ -189,9 +257,10 @@ StoreScan = Callable[[], Awaitable[list[Observation]]]
 
 def stale_refs(
     stored: Sequence[str],
-    observations: Sequence[Observation],
+    seen: AbstractSet[str],
     targets: Sequence[Target],
     *,
+    failures: Iterable[Observation] = (),
     stores: Iterable[str] = (),
     watched: Iterable[str] = (),
 ) -> list[str]:
@@ -206,13 +275,13 @@ def stale_refs(
       forget deletions themselves.
 
     A store that failed keeps its items (they age, and the failure shows as
-    ``x509_source_up`` 0) rather than losing them to an outage."""
-    seen = {o.ref for o in observations}
+    ``x509_source_up`` 0) rather than losing them to an outage. ``seen``: the refs this cycle
+    recorded; ``failures``: its observations that carry an error (at least)."""
     endpoints = {t.ref for t in targets if isinstance(t, EndpointTarget)}
     configured = tuple(stores)
     failed = {
         p
-        for o in observations
+        for o in failures
         if o.error is not None and "#" not in o.ref
         for p in configured
         if (o.ref + "/").startswith(p)
@@ -626,6 +695,7 @@ class Service:
                             store_prefixes=store_prefixes,
                             prune=leader,
                             configured=targets,
+                            keep=False,
                         )
                     except CertpilotError as e:  # the store is down: one line, retried next cycle
                         log.error("scan cycle failed: %s", e.one_line())
@@ -637,13 +707,12 @@ class Service:
                     if ct_rt is not None:
                         ct_rt.inventory_ready.set()
                     await inventory_changed()
-                    counts = Counter(c.value for o in res.observations for c in o.codes)
                     log.info(
                         "scanned %d items in %.1fs: %d events; problems %s",
-                        len(res.observations),
+                        res.items,
                         res.duration_seconds,
                         len(res.events),
-                        dict(counts) or "none",
+                        dict(res.codes) or "none",
                     )
 
             slo_set = slo_service.load_slos(self.settings.slo.specs)

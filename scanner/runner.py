@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import functools
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -133,14 +135,39 @@ class Scanner:
         self, targets: Sequence[EndpointTarget], progress: Progress | None = None
     ) -> list[Observation]:
         """Probe endpoints; results in the order of ``targets``."""
-        workers = self._workers_for(len(targets))
-        if workers <= 1 or len(targets) < 2:
-            return await self._prober.probe(targets, progress)
-        return await self._probe_pool(list(targets), workers, progress)
+        return [obs async for chunk in self.probe_chunks(targets, progress) for obs in chunk]
 
-    async def _probe_pool(
+    async def probe_chunks(
+        self, targets: Sequence[EndpointTarget], progress: Progress | None = None
+    ) -> AsyncIterator[list[Observation]]:
+        """Probe endpoints, handing the results on in chunks, in the order of ``targets``: with
+        a pool, each chunk as soon as it and the ones before it are done (the pool works on the
+        rest meanwhile), so a caller that records each chunk never holds a whole large fleet's
+        observations; in-process, one chunk."""
+        workers = self._workers_for(len(targets))
+        if not targets:
+            return
+        if workers <= 1 or len(targets) < 2:
+            yield await self._prober.probe(targets, progress)
+            return
+        # Futures leave the queue as they are handed on: a done future holds its chunk.
+        pending = collections.deque(self._submit(list(targets), workers, progress))
+        try:
+            while pending:
+                chunk = await pending[0]
+                pending.popleft()
+                yield chunk
+                del chunk
+        finally:
+            for future in pending:  # the caller stopped early (or a chunk failed): drop the rest
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: no "exception was never retrieved" noise
+
+    def _submit(
         self, targets: list[EndpointTarget], workers: int, progress: Progress | None
-    ) -> list[Observation]:
+    ) -> list[asyncio.Future[list[Observation]]]:
         if self._pool is None:
             # spawn, not fork: the parent runs an event loop and threads (a forked child would
             # inherit their locks); workers are kept for the life of the Scanner.
@@ -158,11 +185,16 @@ class Scanner:
         # A target's default labels are a MappingProxyType, which pickle refuses: send workers
         # plain dicts (each observation copies its target's labels, so those come back too).
         targets = [replace(t, labels=dict(t.labels)) for t in targets]
-        pieces = [targets[i : i + chunk] for i in range(0, len(targets), chunk)]
         pool = self._pool
 
-        async def run(piece: list[EndpointTarget]) -> list[Observation]:
-            res = await loop.run_in_executor(
+        def done(piece: int, future: asyncio.Future[list[Observation]]) -> None:
+            if progress is not None and not future.cancelled():
+                progress(piece)
+
+        futures: list[asyncio.Future[list[Observation]]] = []
+        for i in range(0, len(targets), chunk):
+            piece = targets[i : i + chunk]
+            future = loop.run_in_executor(
                 pool,
                 _worker_scan,
                 piece,
@@ -171,12 +203,9 @@ class Scanner:
                 settings,
                 self.clock,
             )
-            if progress is not None:
-                progress(len(piece))
-            return res
-
-        results = await asyncio.gather(*(run(p) for p in pieces))
-        return [obs for part in results for obs in part]
+            future.add_done_callback(functools.partial(done, len(piece)))
+            futures.append(future)
+        return futures
 
     async def scan_files(
         self,

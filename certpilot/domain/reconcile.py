@@ -55,30 +55,50 @@ def reconcile(
     module docstring). ``issued`` are fingerprints of certificates certpilot issued;
     ``stores_scanned`` says whether any store was part of the cycle (default: whether any
     stored certificate was observed)."""
-    stored: list[Observation] = [
-        o
-        for o in observations
-        if o.source in STORED_SOURCES and o.leaf is not None and not o.leaf.is_ca
-    ]
-    if stores_scanned is None:
-        stores_scanned = bool(stored)
-    by_names: dict[frozenset[str], list[Observation]] = {}
-    by_key: dict[str, list[Observation]] = {}
-    for o in stored:
-        assert o.leaf is not None
-        by_names.setdefault(names_of(o.leaf), []).append(o)
-        by_key.setdefault(o.leaf.spki_sha256, []).append(o)
-    known = {o.leaf.fingerprint_sha256 for o in stored if o.leaf is not None}
-    known |= {fp.lower() for fp in issued}
-    out: list[Observation] = []
-    for o in observations:
+    return Reconciler(observations, issued=issued, stores_scanned=stores_scanned).apply(
+        observations
+    )
+
+
+class Reconciler:
+    """:func:`reconcile` in two steps, for a cycle that records served observations in batches
+    as they arrive: built once from the cycle's stored observations (any others given are
+    ignored), then :meth:`apply` to each batch. ``apply`` of every batch equals ``reconcile``
+    of them all together with the stored ones."""
+
+    def __init__(
+        self,
+        stored: Iterable[Observation],
+        *,
+        issued: Iterable[str] = (),
+        stores_scanned: bool | None = None,
+    ) -> None:
+        at_rest = [
+            o
+            for o in stored
+            if o.source in STORED_SOURCES and o.leaf is not None and not o.leaf.is_ca
+        ]
+        self._stores_scanned = bool(at_rest) if stores_scanned is None else stores_scanned
+        self._by_names: dict[frozenset[str], list[Observation]] = {}
+        self._by_key: dict[str, list[Observation]] = {}
+        for o in at_rest:
+            assert o.leaf is not None
+            self._by_names.setdefault(names_of(o.leaf), []).append(o)
+            self._by_key.setdefault(o.leaf.spki_sha256, []).append(o)
+        self._known = {o.leaf.fingerprint_sha256 for o in at_rest if o.leaf is not None}
+        self._known |= {fp.lower() for fp in issued}
+
+    def apply(self, observations: Iterable[Observation]) -> list[Observation]:
+        """``observations`` with the problems the comparison finds added to the served ones."""
+        return [self._one(o) for o in observations]
+
+    def _one(self, o: Observation) -> Observation:
         if o.source not in SERVED_SOURCES or o.leaf is None:
-            out.append(o)
-            continue
+            return o
         leaf = o.leaf
         added: list[Problem] = []
-        lineage = {id(s): s for s in by_names.get(names_of(leaf), [])}
-        lineage.update({id(s): s for s in by_key.get(leaf.spki_sha256, [])})
+        lineage = {id(s): s for s in self._by_names.get(names_of(leaf), [])}
+        lineage.update({id(s): s for s in self._by_key.get(leaf.spki_sha256, [])})
         newer = [
             s
             for s in lineage.values()
@@ -100,8 +120,8 @@ def reconcile(
                 )
             )
         elif (
-            stores_scanned
-            and leaf.fingerprint_sha256 not in known
+            self._stores_scanned
+            and leaf.fingerprint_sha256 not in self._known
             and not _has(o, ProblemCode.UNMANAGED)
         ):
             added.append(
@@ -111,8 +131,7 @@ def reconcile(
                     "and was not issued by certpilot: nothing renews it",
                 )
             )
-        out.append(replace(o, problems=(*o.problems, *added)) if added else o)
-    return out
+        return replace(o, problems=(*o.problems, *added)) if added else o
 
 
-__all__ = ["SERVED_SOURCES", "STORED_SOURCES", "names_of", "reconcile"]
+__all__ = ["SERVED_SOURCES", "STORED_SOURCES", "Reconciler", "names_of", "reconcile"]

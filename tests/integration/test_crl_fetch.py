@@ -530,10 +530,10 @@ class _OneShotScanner:
     def __init__(self, observations: list[Observation]) -> None:
         self.observations = observations
 
-    async def scan(
-        self, targets: object, env: object = None, progress: object = None
-    ) -> list[Observation]:
-        return list(self.observations)
+    async def probe_chunks(
+        self, targets: object, progress: object = None
+    ) -> AsyncIterator[list[Observation]]:
+        yield list(self.observations)
 
 
 async def test_the_scan_cycle_records_revoked_and_exports_crl_metrics(

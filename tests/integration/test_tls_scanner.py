@@ -224,6 +224,56 @@ async def test_worker_pool_gives_same_answers(fleet: Fleet) -> None:
     assert [set(o.codes) for o in results] == [set(e) for e in expected]
 
 
+async def test_a_cycle_records_the_pool_s_chunks_as_they_come_and_keeps_only_counts(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """``scan_and_record(keep=False)``, as the service runs it: endpoints are recorded chunk by
+    chunk (several transactions, each at most a chunk) in target order, the inventory ends as
+    with ``keep=True``, and the result holds counts, not observations."""
+    from certpilot.app import scan_and_record
+    from certpilot.store import Inventory
+
+    targets = fleet.targets()
+    options = ScanOptions(
+        probe=ProbeSettings(timeout=3.0, concurrency=2),  # one probe per worker: small chunks
+        ca_files=(str(fleet.ca_file),),
+        use_system_trust=False,
+        workers=2,
+    )
+    batches: list[list[str]] = []
+
+    class Recording(Inventory):
+        def record(self, observations, *, now, run_id=None):  # type: ignore[no-untyped-def]
+            batches.append([o.ref for o in observations])
+            return super().record(observations, now=now, run_id=run_id)
+
+    clock = SystemClock()
+    with Scanner(options, clock) as scanner:
+        lean = Recording.open(f"sqlite:///{tmp_path / 'lean.db'}")
+        full = Inventory.open(f"sqlite:///{tmp_path / 'full.db'}")
+        try:
+            res = await scan_and_record(scanner, lean, None, targets, clock, keep=False)
+            kept = await scan_and_record(scanner, full, None, targets, clock)
+            assert len(batches) > 2 and max(len(b) for b in batches) < len(targets)
+            assert [r for b in batches for r in b] == [t.ref for t in targets]
+            assert res.observations == [] and res.items == len(targets) == len(kept.observations)
+            with_problems = [o for o in kept.observations if o.problems]
+            assert res.problems == len(with_problems) > 0
+            expected_codes: dict[str, int] = {}
+            for o in with_problems:
+                for c in o.codes:
+                    expected_codes[c.value] = expected_codes.get(c.value, 0) + 1
+            assert res.codes == expected_codes
+            assert [e.kind for e in res.events] == [e.kind for e in kept.events]
+            now = clock.now()
+            assert [(i.ref, i.problems) for i in lean.items(now=now)] == [
+                (i.ref, i.problems) for i in full.items(now=now)
+            ]
+        finally:
+            lean.close()
+            full.close()
+
+
 async def test_short_lived_certificates_judged_by_lifetime(ca: LocalCA, tmp_path: Path) -> None:
     now = SystemClock().now()
     fresh = ca.issue(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from certpilot.domain.model import Observation
 from certpilot.domain.problems import ProblemCode
-from certpilot.domain.reconcile import reconcile
+from certpilot.domain.reconcile import Reconciler, reconcile
 from certpilot.domain.sli import valid_ratio_events
 from certpilot.domain.x509 import parse_pem_bundle
 from certpilot.localca import Issued, LocalCA
@@ -80,3 +80,28 @@ def test_reconciling_twice_adds_nothing_more() -> None:
     once = reconcile([_obs("tls", "tls://x:443#x", c)], stores_scanned=True)
     twice = reconcile(once, stores_scanned=True)
     assert once == twice and len(twice[0].problems) == 1
+
+
+def test_served_batches_reconciled_against_the_stored_ones_equal_one_whole_reconcile() -> None:
+    """What a scan cycle does now that it records endpoints chunk by chunk: a ``Reconciler``
+    built from the cycle's stored observations, applied to each batch of served ones."""
+    ca = LocalCA("R", NOW)
+    names = [f"n{i}.example.com" for i in range(9)]
+    old = {n: ca.issue([n], NOW, not_before=NOW - timedelta(days=40)) for n in names}
+    new = {n: ca.issue([n], NOW, not_before=NOW - timedelta(hours=1)) for n in names[:3]}
+    served = [_obs("tls", f"tls://{n}:443#{n}", old[n]) for n in names]
+    stored = [_obs("file", f"file:///{n}.pem#0", c) for n, c in new.items()]
+    stored.append(_obs("k8s", "k8s://c/ns/secret/n3#tls.crt", old[names[3]]))
+    issued = [old[names[4]]]
+    issued_fps = [
+        _obs("tls", "x", c).leaf.fingerprint_sha256  # type: ignore[union-attr]
+        for c in issued
+    ]
+    whole = reconcile([*served, *stored], issued=issued_fps)
+    rec = Reconciler([*served, *stored], issued=issued_fps)  # served ones are ignored here
+    batches = [rec.apply(served[i : i + 2]) for i in range(0, len(served), 2)]
+    assert [o for b in batches for o in b] + rec.apply(stored) == whole
+    codes = [o.codes for o in whole[: len(served)]]
+    assert codes[:3] == [(ProblemCode.NOT_DEPLOYED,)] * 3
+    assert codes[3:5] == [(), ()]  # stored in Kubernetes; issued by certpilot
+    assert codes[5:] == [(ProblemCode.UNMANAGED,)] * 4

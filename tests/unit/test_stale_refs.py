@@ -43,8 +43,9 @@ def test_what_is_gone_and_what_is_kept() -> None:
     targets: list[Target] = [EndpointTarget("a", 443), FileTarget("/etc/certs/*.pem")]
     gone = stale_refs(
         STORED,
-        seen,
+        {o.ref for o in seen},
         targets,
+        failures=seen,
         stores=["openbao://bao/", "k8s://prod/", "k8s://watched/"],
         watched=["k8s://watched/"],
     )
@@ -62,7 +63,9 @@ def test_a_per_kind_failure_keeps_the_cluster_a_per_secret_one_does_not() -> Non
         obs("k8s://prod/_cluster/apiservices", "k8s", error="forbidden"),  # per-kind failure
         obs("openbao://bao/secret/tls/c#certificate", "openbao", error="permission denied"),
     ]
-    gone = stale_refs(stored, seen, [], stores=["k8s://prod/", "openbao://bao/"])
+    gone = stale_refs(
+        stored, {o.ref for o in seen}, [], failures=seen, stores=["k8s://prod/", "openbao://bao/"]
+    )
     # The cluster is kept whole; one unreadable secret does not stop pruning the store.
     assert gone == ["openbao://bao/secret/tls/b#certificate"]
 
