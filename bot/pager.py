@@ -179,7 +179,12 @@ class Pager:
     ) -> list[Page]:
         """Bring Slack up to date (see the module docstring); returns the pages."""
         async with self._lock:
-            return await self._sync(dict(snapshots or {}), list(events))
+            # Other replicas too: one sync at a time across the processes sharing the store.
+            release = await asyncio.to_thread(self.store.lock_pages)
+            try:
+                return await self._sync(dict(snapshots or {}), list(events))
+            finally:
+                await asyncio.to_thread(release)
 
     async def _sync(
         self, snapshots: dict[SignalSource, Sequence[Signal]], events: list[Signal]

@@ -7,13 +7,16 @@ bot's model, the bot (de)serialises. See :class:`~certpilot.store.tables.SlackPa
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import contextlib
+import fcntl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, Row, delete, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from certpilot.store import engine as engines
 from certpilot.store import schema
@@ -56,6 +59,10 @@ def _page(row: Row[Any]) -> StoredPage:
     )
 
 
+#: Advisory lock id for the pager's pages on PostgreSQL ("cppg").
+PG_PAGER_LOCK = 0x63707067
+
+
 class SlackStore(engines.EngineBacked):
     """Pages and handled requests in the inventory database (thread- and process-safe)."""
 
@@ -73,6 +80,58 @@ class SlackStore(engines.EngineBacked):
             engine.dispose()
             raise
         return store
+
+    # ------------------------------------------------------------------------------ the lock
+
+    def lock_pages(self) -> Callable[[], None]:
+        """Wait until no other process sharing this database holds the pages, take them, and
+        return the function that gives them back.
+
+        The pager reads the stored pages, posts or edits in Slack and saves the result; two
+        replicas doing that at once (Alertmanager's webhook and a Slack button reach whichever
+        replica the load balancer picks) would both find a page missing and both post it. On
+        PostgreSQL an advisory lock on a connection held meanwhile, on SQLite ``flock`` on
+        ``<database>.pager``: either is released when its process dies. Blocking: call it from
+        a worker thread."""
+        if self._dialect == "sqlite":
+            db = self._engine.url.database
+            if engines.is_memory(self._engine.url) or not db:
+                return lambda: None  # one process: the pager's own lock is enough
+            path = Path(f"{db}.pager")
+            f = path.open("a+b")
+            try:
+                with contextlib.suppress(OSError):
+                    path.chmod(0o600)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            except BaseException:
+                f.close()
+                raise
+
+            def release_file() -> None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                f.close()
+
+            return release_file
+        with self._guard():
+            conn = self._engine.connect()
+            try:
+                conn.execute(select(func.pg_advisory_lock(literal(PG_PAGER_LOCK))))
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+
+        def release_pg() -> None:
+            try:
+                conn.execute(select(func.pg_advisory_unlock(literal(PG_PAGER_LOCK))))
+                conn.commit()
+            except SQLAlchemyError:
+                pass  # a lost connection released the lock with its session
+            finally:
+                conn.close()
+
+        return release_pg
 
     # ------------------------------------------------------------------------------ pages
 

@@ -10,6 +10,7 @@ over :class:`~certpilot.domain.inventory.InventoryItem`, :func:`bot.signals.aler
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -576,3 +577,36 @@ async def test_an_acknowledgement_and_a_silence_show_on_the_edited_message(rig: 
     rig.slack.clear_calls()
     await pager.sync()
     assert rig.slack.calls == []
+
+
+async def test_two_replicas_paging_the_same_alert_at_once_post_it_once(
+    slack: FakeSlack, store_url: str
+) -> None:
+    """Alertmanager's webhook (or a Slack button) reaches whichever replica the load balancer
+    picks: two pagers on one database, syncing the same new alert at the same moment, make one
+    message, not two (``SlackStore.lock_pages``: an advisory lock on PostgreSQL, ``flock`` on
+    SQLite, either held across the read, the post and the save)."""
+    clock = FixedClock(T0)
+    stores = [SlackStore.open(store_url) for _ in range(2)]
+    try:
+        pagers = [
+            Pager(
+                s,
+                WebPoster(AsyncWebClient(token=DEFAULT_TOKEN, base_url=slack.base_url)),
+                slack_settings(),
+                clock,
+            )
+            for s in stores
+        ]
+        firing = alert("firing", at=T0)
+        await asyncio.gather(*(p.sync(events=[firing]) for p in pagers))
+        posts = top_level(slack.calls_to("chat.postMessage"))
+        assert len(posts) == 1, [c.params["text"] for c in posts]
+        (row,) = stores[0].pages()
+        assert row.ts == posts[0].response["ts"]
+        # Both still page: the second replica's sync, later, edits nothing it need not.
+        await pagers[1].sync(events=[firing])
+        assert len(top_level(slack.calls_to("chat.postMessage"))) == 1
+    finally:
+        for s in stores:
+            s.close()

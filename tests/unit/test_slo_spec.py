@@ -211,6 +211,7 @@ def test_store_counts_and_samples_sli_events() -> None:
         assert [(s.good_total, s.bad_total) for s in samples] == [(0, 0), (1, 2)]
         assert inv.sli_counters()["valid_ratio"] == (1.0, 2.0)
         assert [e.ref for e in inv.sli_events(good=False)] == ["tls://b:443#b"] * 2
+        assert inv.sli_events(good=True) == []  # counted, not kept
         inv.prune_sli(NOW + timedelta(seconds=30))
         assert len(inv.sli_samples("valid_ratio", NOW - timedelta(hours=1))) == 1
         assert inv.sli_counters()["valid_ratio"] == (1.0, 2.0)  # counters survive pruning
