@@ -645,7 +645,10 @@ class Service:
                     source=str(self.config_path or "config"),
                     on_recorded=ct_recorded,
                 )
-                ct_rt.active = lambda: cluster.is_leader
+                # Each log and feed is followed by one replica (rendezvous hashing over the live
+                # members: a member joining or leaving moves only its share).
+                ct_rt.active = lambda url: cluster.owns(f"ct:{url}")
+                ct_rt.lead = lambda: cluster.is_leader
                 stack.callback(ct_rt.store.close)
                 stack.push_async_callback(ct_rt.aclose)
                 ct_rt.start(ct_logs, stop)

@@ -561,8 +561,11 @@ class CTRuntime:
     #: Set once the inventory holds a first full scan: judging CT matches against an empty
     #: inventory would call every one of our own certificates unexpected.
     inventory_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Whether this replica runs the monitors now (the leader does; see certpilot.cluster).
-    active: Callable[[], bool] = lambda: True
+    #: Whether this replica follows the log or feed at this URL now: the replicas share the
+    #: logs out (certpilot.cluster: rendezvous hashing over the live members).
+    active: Callable[[str], bool] = lambda _url: True
+    #: Whether this replica leads (re-judges stored issuances as expectations change).
+    lead: Callable[[], bool] = lambda: True
 
     async def refresh(self) -> None:
         assert self.cache is not None
@@ -621,9 +624,19 @@ class CTRuntime:
 
     async def _follow(self, m: Monitor, stop: asyncio.Event) -> None:
         await self.inventory_ready.wait()
-        await m.run(
-            interval=self.ct.interval, stop=stop, on_step=self._observe(m), active=self.active
-        )
+        following = False
+
+        def active() -> bool:
+            nonlocal following
+            now = self.active(m.url)
+            if following and not now:
+                log.info("CT log %s: another replica follows it now", m.url)
+                if self.metrics is not None:
+                    self.metrics.forget_ct_log(m.url)
+            following = now
+            return now
+
+        await m.run(interval=self.ct.interval, stop=stop, on_step=self._observe(m), active=active)
 
     def start_feeds(self, stop: asyncio.Event) -> None:
         """One task per ``ct.certstream`` feed: matched entries are recorded (labelled
@@ -663,7 +676,7 @@ class CTRuntime:
                     await asyncio.gather(nxt, return_exceptions=True)
                     break
                 msg = nxt.result()
-                if not self.active():
+                if not self.active(client.url):
                     continue  # another replica records the feed
                 if loop.time() - last_metrics > 1.0:
                     last_metrics = loop.time()
@@ -696,7 +709,7 @@ class CTRuntime:
         await self.inventory_ready.wait()
         while not stop.is_set():
             try:
-                if self.active():
+                if self.lead():
                     await self.refresh()
             except Exception:
                 log.exception("CT expectations refresh failed")

@@ -19,6 +19,7 @@ process-global default one, and nothing happens at import time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -1062,6 +1063,22 @@ class Metrics:
             self._ct_inc(self.ct_matches, (log,), matches)
             for kind in ("bad_signature", "inconsistent", "bad_inclusion", "malformed_entry"):
                 self._ct_inc(self.ct_failures, (log, kind), failures.get(kind, 0))
+
+    def forget_ct_log(self, log: str) -> None:
+        """Stop exporting a CT log's gauges: another replica follows it now (its figures are
+        that replica's to export; frozen ones here would hide an outage from
+        ``max by (log) (certpilot_ct_log_up) == 0``). Counters stay: they are cumulative."""
+        with self._lock:
+            for gauge in (
+                self.ct_up,
+                self.ct_tree_size,
+                self.ct_next_index,
+                self.ct_backlog,
+                self.ct_sth_timestamp,
+                self.ct_lag,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(log)
 
     def observe_cluster(self, *, leader: bool, members: int) -> None:
         self.cluster_leader.set(1.0 if leader else 0.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -284,3 +285,93 @@ async def _connected(feed: Any, task: asyncio.Task[None]) -> bool | None:
     if task.done():
         task.result()
     return True if feed.client_count > 0 else None
+
+
+async def test_replicas_share_the_ct_logs_out_and_take_over_a_stopped_one_s(
+    tmp_path: Path,
+) -> None:
+    """Replicas on one database share eight CT logs out. The first follows all eight; once a
+    second joins, each log is followed by exactly one of them (its ``certpilot_ct_log_up`` is
+    exported by that replica only: the first forgets the gauges of the logs it hands over, or
+    ``max by (log)`` would hide an outage behind a frozen 1), and every log's match is
+    recorded. When the second stops, the first follows all eight again."""
+    now = datetime.now(UTC)
+    ours = LocalCA("Ours", now)
+    site = tmp_path / "site.pem"
+    site.write_bytes(ours.issue(["www.ours.test"], now).chain_pem())
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with contextlib.AsyncExitStack() as stack:
+        logs = [await stack.enter_async_context(LoopbackCTLog()) for _ in range(8)]
+        for i, log in enumerate(logs):
+            log.add_x509(ours.issue([f"n{i}.ours.test"], now).cert.public_bytes(DER))
+            log.publish()
+        settings = settings_from_mapping(
+            {
+                "store": {"url": db},
+                "http": {"host": "127.0.0.1", "port": 0},
+                "scan": {"interval": "1s", "system_trust": False},
+                "slo": {"evaluation_interval": "1h"},
+                "targets": {"files": [str(site)]},
+                "remediation": {"enabled": False},
+                "cluster": {"heartbeat": "0.5s", "ttl": "1.5s"},
+                "ct": {
+                    "logs": [
+                        {"url": lg.url, "key": base64.b64encode(lg.public_key_der).decode()}
+                        for lg in logs
+                    ],
+                    "watch": [".ours.test"],
+                    "start": "beginning",
+                    "interval": "0.5s",
+                },
+            },
+            "test",
+        )
+        replicas = [Service(settings, SystemClock(), env={}) for _ in range(2)]
+        stops = [asyncio.Event() for _ in replicas]
+        tasks = [asyncio.create_task(replicas[0].run(stops[0]))]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        every = {lg.url for lg in logs}
+
+        async def followed(service: Service) -> set[str]:
+            async with session.get(f"http://127.0.0.1:{service.port}/metrics") as resp:
+                text = await resp.text()
+            return {
+                s.labels["log"]
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "certpilot_ct_log_up" and s.value == 1
+            }
+
+        async def shared_out() -> list[set[str]] | None:
+            for t in tasks:
+                if t.done():
+                    t.result()
+            if not all(r.port for r in replicas):
+                return None
+            sets = [await followed(r) for r in replicas]
+            return sets if not (sets[0] & sets[1]) and sets[0] | sets[1] == every else None
+
+        async def all_on_the_first() -> bool | None:
+            if tasks[0].done():
+                tasks[0].result()
+            return True if replicas[0].port and await followed(replicas[0]) == every else None
+
+        async def every_match() -> list[dict[str, Any]] | None:
+            base = f"http://127.0.0.1:{replicas[0].port}"
+            async with session.get(base + "/api/v1/inventory?source=ct") as resp:
+                items = (await resp.json())["items"]
+            return items if len(items) == len(logs) else None
+
+        try:
+            await eventually(all_on_the_first, "the only replica to follow every log")
+            tasks.append(asyncio.create_task(replicas[1].run(stops[1])))
+            await eventually(shared_out, "each log followed by exactly one replica")
+            matches = await eventually(every_match, "a match from every log")
+            assert sorted(i["labels"]["ct_log"] for i in matches) == sorted(every)
+            stops[1].set()
+            await asyncio.wait_for(tasks[1], timeout=DEADLINE)
+            await eventually(all_on_the_first, "the remaining replica to follow every log")
+        finally:
+            for s in stops:
+                s.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), DEADLINE)
