@@ -34,6 +34,7 @@ from cryptography import x509
 
 from certpilot.domain.clock import Clock
 from certpilot.domain.errors import ConfigError
+from certpilot.domain.inventory import EventKind
 from certpilot.domain.model import Observation
 from certpilot.domain.ownership import OwnerRule, assign_owners
 from certpilot.domain.problems import Problem, ProblemCode
@@ -311,7 +312,6 @@ class IssuanceRecorder:
     default_owner: str | None = None
     metrics: Metrics | None = None
     on_recorded: Callable[[Sequence[RecordedIssuance]], None] | None = None
-    _sli_seen: set[str] = field(default_factory=set)
 
     def record_matches(self, matches: Sequence[Match], exp: Expectations) -> list[RecordedIssuance]:
         """Classify and store verified log matches (call off the event loop)."""
@@ -425,14 +425,27 @@ class IssuanceRecorder:
             return []
         observations = assign_owners([o for o, _r, _f in rows], self.owners, self.default_owner)
         now = self.clock.now()
-        self.inventory.record(observations, now=now)
+        # The expected_issuance SLI counts each certificate once, when its verdict is first
+        # decided. Taken from the store, not from this process's memory: a restart, or the same
+        # certificate seen in two logs followed by two replicas, must not count it again. A new
+        # location is one the record itself reports added (atomic with it); a pending one is
+        # decided when its stored verdict still says pending.
+        pending = {
+            rec.ref
+            for _o, rec, _f in rows
+            if rec.verdict.expected is not None and _stored_verdict(self.inventory, rec.ref)
+        }
+        events = self.inventory.record(observations, now=now)
+        added = {e.ref for e in events if e.kind == EventKind.LOCATION_ADDED}
         sli: list[SLIEvent] = []
+        counted: set[str] = set()
         for _o, rec, _f in rows:
             word = _verdict_word(rec.verdict.expected)
             if self.metrics is not None:
                 self.metrics.observe_ct_issuance(word)
-            if rec.verdict.expected is not None and rec.ref not in self._sli_seen:
-                self._sli_seen.add(rec.ref)
+            decided_now = rec.ref in added or rec.ref in pending
+            if rec.verdict.expected is not None and decided_now and rec.ref not in counted:
+                counted.add(rec.ref)
                 sli.append(
                     SLIEvent(
                         now,
@@ -538,6 +551,12 @@ def monitor_options(ct: CTSettings) -> MonitorOptions:
         verify_inclusion=ct.verify_inclusion,
         start=ct.start,
     )
+
+
+def _stored_verdict(inventory: Inventory, ref: str) -> bool:
+    """Whether the stored location ``ref`` exists with a verdict still pending."""
+    item = inventory.item(ref)
+    return item is not None and item.labels.get("ct_verdict") == _verdict_word(None)
 
 
 @dataclass(slots=True)

@@ -76,7 +76,10 @@ class CTStore(engines.EngineBacked):
         compact: dict[str, Any] | None,
         now: datetime,
     ) -> None:
-        """Create or replace the state of the log at ``url``."""
+        """Create or replace the state of the log at ``url``; never with an older position
+        (``next_index`` lower than the stored one): when replicas briefly disagree about who
+        follows a log (for up to a heartbeat ``ttl`` after a membership change) both may read
+        the same window, and the slower one must not move the position back."""
         values: dict[str, Any] = {
             "kind": kind,
             "head": head,
@@ -85,9 +88,13 @@ class CTStore(engines.EngineBacked):
             "updated_at": now,
         }
         with self._write() as conn:
-            done = conn.execute(update(CT_LOG).where(_c.url == url).values(**values))
+            done = conn.execute(
+                update(CT_LOG).where(_c.url == url, _c.next_index <= next_index).values(**values)
+            )
             if done.rowcount == 0:
-                conn.execute(insert(CT_LOG).values(url=url, **values))
+                exists = conn.execute(select(_c.url).where(_c.url == url)).first()
+                if exists is None:
+                    conn.execute(insert(CT_LOG).values(url=url, **values))
 
 
 __all__ = ["CTStore", "StoredLogState"]

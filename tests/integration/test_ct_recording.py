@@ -164,3 +164,40 @@ def test_watchlist_file_reloads_and_keeps_the_last_good_list(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as e:
         WatchlistFile(["ok.test", "no spaces.test"])
     assert "ct.watch: [1]" in e.value.one_line()
+
+
+def test_each_certificate_counts_once_in_the_sli_across_recorders_and_restarts(
+    world: tuple[Inventory, JobStore, FixedClock], ca: LocalCA, now: datetime
+) -> None:
+    """``expected_issuance`` counts a certificate once, when its verdict is first decided,
+    however many recorders see it: the same precertificate in two logs followed by two
+    replicas, or seen again by a restarted process (each a fresh ``IssuanceRecorder``). A
+    pending one counts when it is decided, not before and not again."""
+    inv, jobs, clock = world
+    ct = CTSettings(grace=60.0, allowed_issuers=("Test Intermediate CA",))
+    cache = ExpectationCache(inv, jobs, ct, clock)
+    rogue = ca.issue(["evil.ours.test"], now)
+    for log_index in (5, 9):  # two logs, two replicas: two recorders
+        IssuanceRecorder(inv, clock, ct).record_matches(
+            [_match(rogue.cert.public_bytes(DER), [], index=log_index)], cache.refresh()
+        )
+    assert inv.sli_counters()["expected_issuance"] == (0.0, 1.0)
+
+    created = jobs.create(
+        NewJob(key="renew:api", action="renew", names=("api.ours.test",)), now=now
+    )
+    jobs.transition(created.job.id, "approved", "issuing", now=now)
+    inflight = ca.issue(["api.ours.test"], now)
+    (got,) = IssuanceRecorder(inv, clock, ct).record_matches(
+        [_match(inflight.cert.public_bytes(DER), [])], cache.refresh()
+    )
+    assert got.verdict.expected is None
+    assert inv.sli_counters()["expected_issuance"] == (0.0, 1.0)  # pending: not yet
+    clock.advance(timedelta(seconds=61))
+    (late,) = IssuanceRecorder(inv, clock, ct).reconsider(cache.refresh())
+    assert late.verdict.expected is False
+    # Seen again in another log by yet another recorder: decided already, not counted again.
+    IssuanceRecorder(inv, clock, ct).record_matches(
+        [_match(inflight.cert.public_bytes(DER), [], index=11)], cache.refresh()
+    )
+    assert inv.sli_counters()["expected_issuance"] == (0.0, 2.0)
