@@ -30,6 +30,9 @@ from scanner.trust import load_anchors
 
 # Below this many endpoints one event loop is as fast as a pool (which costs ~0.3 s to start).
 PARALLEL_THRESHOLD = 200
+#: Most targets a pool worker probes in one chunk (a 10,000-endpoint fleet on 2 workers makes
+#: chunks of 1,250).
+MAX_CHUNK = 2000
 
 Progress = Callable[[int], None]
 
@@ -180,8 +183,10 @@ class Scanner:
             policy=self.options.probe.policy,
         )
         # Chunks several times smaller than a worker's share keep both cores busy to the end and
-        # give the progress bar something to show.
-        chunk = max(per_worker, len(targets) // (workers * 4) or 1)
+        # give the progress bar something to show; at most MAX_CHUNK, so that a worker's memory
+        # (about 14 KB per target of its chunk) and the main process's (the chunks done but not
+        # yet recorded) do not grow with the fleet.
+        chunk = min(MAX_CHUNK, max(per_worker, len(targets) // (workers * 4) or 1))
         # A target's default labels are a MappingProxyType, which pickle refuses: send workers
         # plain dicts (each observation copies its target's labels, so those come back too).
         targets = [replace(t, labels=dict(t.labels)) for t in targets]

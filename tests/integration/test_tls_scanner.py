@@ -208,7 +208,12 @@ async def test_concurrency_bound_is_respected(fleet: Fleet) -> None:
         server.close()
 
 
-async def test_worker_pool_gives_same_answers(fleet: Fleet) -> None:
+async def test_worker_pool_gives_same_answers(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scanner.runner
+
+    monkeypatch.setattr(scanner.runner, "MAX_CHUNK", 2)  # chunks never larger, however many
     targets = fleet.targets() * 3  # repeated targets exercise chunking across 2 processes
     options = ScanOptions(
         probe=ProbeSettings(timeout=3.0),
@@ -219,7 +224,7 @@ async def test_worker_pool_gives_same_answers(fleet: Fleet) -> None:
     with Scanner(options, SystemClock()) as scanner:
         done: list[int] = []
         results = await scanner.probe(targets, progress=done.append)
-    assert sum(done) == len(targets)
+    assert sum(done) == len(targets) and max(done) == 2  # progress counts each chunk
     expected = [ep.expected for ep in fleet.endpoints] * 3
     assert [set(o.codes) for o in results] == [set(e) for e in expected]
 
