@@ -11,7 +11,10 @@ are in flight when a replica dies). Checked:
   two survivors share all 30 endpoints once the dead one's heartbeat expires, and every job
   ends ``done``;
 * no certificate is renewed twice: one job per file, and each file now holds the certificate
-  its job recorded; the audit chain the replicas appended to verifies.
+  its job recorded; the audit chain the replicas appended to verifies;
+* the same with PostgreSQL restarted under the three replicas while renewals run (every
+  connection and the leader's advisory lock cut): the same processes converge on one leader
+  again, share the endpoints again, and finish every renewal exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from certpilot.localca import LocalCA, write_key
+from tests.support.postgres import PostgresCluster
 from tests.support.services import NginxFleet, free_port, require_binary
 
 CLI = [sys.executable, "-m", "certpilot.cli"]
@@ -109,7 +113,14 @@ class Replica:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[list[Replica], NginxFleet, Path]]:
+def replicas(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_url: str
+) -> Iterator[tuple[list[Replica], NginxFleet, Path]]:
+    """Three replicas, started; ``request.param`` (indirect parametrisation): how long each
+    file target's reload takes, in seconds (default 2), i.e. how long a job is in flight."""
+    reload_seconds: int = getattr(request, "param", 2)
+    # A job's lease is renewed by its transitions: it must outlast the slowest step.
+    lease = f"{max(4, 2 * reload_seconds)}s"
     nginx = require_binary("nginx")
     now = datetime.now(UTC)
     ca = LocalCA("Fleet", now)
@@ -132,7 +143,8 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[list[Replica], Nginx
                 "issuer": "ca",
                 "cert_path": str(cert),
                 "key_path": str(key),
-                "reload_command": ["sleep", "2"],  # a slow reload: jobs are in flight a while
+                # A slow reload: jobs are in flight a while.
+                "reload_command": ["sleep", str(reload_seconds)],
             }
         )
     root = tmp_path / "roots.pem"
@@ -159,7 +171,7 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[list[Replica], Nginx
                 "remediation": {
                     "interval": "1s",
                     "verify_timeout": "2s",
-                    "lease": "4s",
+                    "lease": lease,
                     "issuers": {"ca": {"kind": "local_ca", "state_dir": str(tmp_path / "issuer")}},
                     "targets": targets,
                 },
@@ -240,27 +252,79 @@ def test_three_replicas_share_scans_renew_once_and_survive_the_leader_dying(
     assert takeover < 15, f"takeover took {takeover:.1f}s"
     wait_for("the survivors probe every endpoint", lambda: partitioned(survivors), 60, logs)
 
+    _renewed_once_each(survivors[0].config, logs)
+
+
+def _renewed_once_each(config: Path, logs: list[Path]) -> None:
+    """Every file renewed exactly once, holding the certificate its job recorded, and the
+    audit chain the replicas appended to intact."""
+
     def all_done() -> bool:
-        jobs = _jobs(survivors[0].config)
+        jobs = _jobs(config)
         return len(jobs) >= FILES and all(j["state"] == "done" for j in jobs)
 
     wait_for("every renewal done", all_done, 120, logs)
-    jobs = _jobs(survivors[0].config)
+    jobs = _jobs(config)
     # Exactly one job per file: nothing renewed twice.
     by_target = [tuple(j["targets"]) for j in jobs if j["action"] == "renew"]
     assert sorted(by_target) == sorted((f"file{i}",) for i in range(FILES)), by_target
+    targets = yaml.safe_load(config.read_text())["remediation"]["targets"]
     for j in jobs:
         (target,) = j["targets"]
-        path = Path(
-            yaml.safe_load(survivors[0].config.read_text())["remediation"]["targets"][
-                int(target.removeprefix("file"))
-            ]["cert_path"]
-        )
+        path = Path(targets[int(target.removeprefix("file"))]["cert_path"])
         served = x509.load_pem_x509_certificates(path.read_bytes())[0]
         assert format(served.serial_number, "x") == j["new_serial"]
-    # The audit chain every replica appended to is intact.
     verify = subprocess.run(
-        [*CLI, "audit", "verify", "--config", str(survivors[0].config)],
+        [*CLI, "audit", "verify", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.service("nginx")
+@pytest.mark.service("postgresql")
+@pytest.mark.parametrize("replicas", [5], indirect=True)  # 5 s reloads: jobs outlast the restart
+def test_three_replicas_ride_out_a_postgresql_restart_with_jobs_in_flight(
+    replicas: tuple[list[Replica], NginxFleet, Path], pg_cluster: PostgresCluster, pg_url: str
+) -> None:
+    """The database all three replicas share restarts while renewals are deploying: every
+    connection (the leader's advisory lock too) is cut. The same processes carry on: one
+    leader again, every endpoint probed by exactly one replica, every renewal done once."""
+    nodes, fleet, _root = replicas
+    logs = [r.log for r in nodes]
+    all_refs = {t.ref for t in fleet.targets()}
+    pids = [r.proc.pid for r in nodes if r.proc is not None]
+
+    def converged() -> bool:
+        views = [r.cluster() for r in nodes]
+        return all(len(v["members"]) == len(nodes) for v in views) and (
+            [v["leader"] for v in views].count(True) == 1
+        )
+
+    def partitioned() -> bool:
+        shares = [_probe_refs(r.port) for r in nodes]
+        return set().union(*shares) == all_refs and sum(map(len, shares)) == len(all_refs)
+
+    wait_for("three replicas, one leader", converged, 60, logs)
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+
+        def in_flight() -> bool:
+            with engine.connect() as conn:
+                n = conn.execute(
+                    sqlalchemy.text(
+                        "SELECT count(*) FROM remediation_job "
+                        "WHERE state IN ('issuing', 'deploying', 'verifying')"
+                    )
+                ).scalar_one()
+            return int(n) > 0
+
+        wait_for("renewals in flight", in_flight, 60, logs)
+    finally:
+        engine.dispose()
+    pg_cluster.restart(down_for=3.0)
+    wait_for("one leader again, three members", converged, 60, logs)
+    wait_for("every endpoint probed by exactly one replica again", partitioned, 60, logs)
+    _renewed_once_each(nodes[0].config, logs)
+    assert [r.proc.pid for r in nodes if r.proc is not None] == pids
+    assert all(r.proc is not None and r.proc.poll() is None for r in nodes)  # never restarted
