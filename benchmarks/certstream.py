@@ -45,17 +45,18 @@ from typing import Any
 
 import psutil
 
-from benchmarks.ct_match import make_names, make_patterns
+from benchmarks._common import make_names, make_patterns_and_bases, print_measures
 from certpilot.localca import LocalCA, new_key
 from ctwatch.certstream import CertstreamClient, FeedEntry, parse_message
 from ctwatch.match import Watchlist
 from tests.support.certstream_server import (
+    Kind,
     LoopbackCertstream,
     certificate_update,
     encode,
 )
 
-SHAPES = ("lite", "full")
+SHAPES: tuple[Kind, ...] = ("lite", "full")
 
 
 def _name_count(rnd: random.Random) -> int:
@@ -141,7 +142,7 @@ async def end_to_end(
         c0, w0 = time.process_time(), time.perf_counter()
         chunk = 2000
         for start in range(0, count, chunk):  # one hop to the server's loop per chunk
-            batch = [
+            batch: list[dict[Kind, str]] = [
                 {"lite": frames[i % len(frames)]} for i in range(start, min(count, start + chunk))
             ]
             server.send_encoded(batch)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     rnd = random.Random(args.seed)
 
     t = time.perf_counter()
-    patterns, _ = make_patterns(rnd, args.patterns)
+    patterns, _ = make_patterns_and_bases(rnd, args.patterns)
     wl = Watchlist.from_patterns(patterns)
     names = make_names(rnd, patterns, args.messages * 4, hit_ratio=0.10)
     templates = make_templates()
@@ -256,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
         }
     )
-    print(f"{'measure':<36} {'value':>14}")
-    for key, value in result.items():
-        print(f"{key:<36} {value!s:>14}")
+    print_measures(result, 36)
     ok = result["lite_parse_match_per_s_core"] >= 30_000
     print(f"target >= 30k msg/s per core, parse + match (lite): {'met' if ok else 'MISSED'}")
     print(json.dumps(result))

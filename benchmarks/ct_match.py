@@ -29,72 +29,14 @@ import os
 import random
 import resource
 import statistics
-import string
 import sys
 import time
 from collections.abc import Callable
 
 import psutil
 
+from benchmarks._common import make_names, make_patterns_and_bases, print_measures
 from ctwatch.match import Watchlist
-
-TLDS = ["com", "net", "org", "de", "io", "co.uk", "fr", "nl", "app", "dev"]
-WORDS = ["api", "www", "mail", "shop", "cdn", "auth", "vpn", "git", "dev", "staging", "m"]
-ALNUM = string.ascii_lowercase + string.digits
-
-
-def _label(rnd: random.Random) -> str:
-    return "".join(rnd.choices(ALNUM, k=rnd.randint(4, 12)))
-
-
-def make_patterns(rnd: random.Random, n: int) -> tuple[list[str], list[str]]:
-    """``n`` patterns and the distinct base domains they are built on."""
-    patterns: list[str] = []
-    bases: list[str] = []
-    for _ in range(n):
-        base = f"{_label(rnd)}.{rnd.choice(TLDS)}"
-        bases.append(base)
-        kind = rnd.random()
-        if kind < 0.50:
-            patterns.append(f"{rnd.choice(WORDS)}.{base}" if rnd.random() < 0.6 else base)
-        elif kind < 0.85:
-            patterns.append("." + base)
-        else:
-            patterns.append("*." + base)
-    return patterns, bases
-
-
-def make_names(rnd: random.Random, patterns: list[str], n: int, hit_ratio: float) -> list[str]:
-    names: list[str] = []
-    for _ in range(n):
-        wildcard_san = rnd.random() < 0.20
-        if rnd.random() < hit_ratio:
-            p = rnd.choice(patterns)
-            if p.startswith("*."):
-                name = "*." + p[2:] if wildcard_san else f"{rnd.choice(WORDS)}.{p[2:]}"
-            elif p.startswith("."):
-                depth = 0 if wildcard_san else rnd.randint(0, 2)
-                name = ".".join([*(rnd.choice(WORDS) for _ in range(depth)), p[1:]])
-                name = "*." + name if wildcard_san else name
-            else:
-                # a wildcard SAN one level up covers the watched name (certspotter semantics)
-                name = "*." + p.partition(".")[2] if wildcard_san else p
-        else:
-            r = rnd.random()
-            base = f"{_label(rnd)}.{rnd.choice(TLDS)}"
-            if r < 0.05:  # near misses against a watched base
-                p = rnd.choice(patterns).lstrip("*.")
-                name = rnd.choice([f"not{p}", f"{p}.evil.net", f"{p}x"])
-            elif r < 0.5:
-                name = f"{rnd.choice(WORDS)}.{base}"
-            elif r < 0.8:
-                name = base
-            else:
-                name = f"{rnd.choice(WORDS)}.{rnd.choice(WORDS)}.{base}"
-            if wildcard_san:
-                name = "*." + name
-        names.append(name)
-    return names
 
 
 def _time(fn: Callable[[], object], rounds: int) -> list[float]:
@@ -121,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rnd = random.Random(args.seed)
     rss0 = proc.memory_info().rss
 
-    patterns, _ = make_patterns(rnd, args.patterns)
+    patterns, _ = make_patterns_and_bases(rnd, args.patterns)
     # The same watchlist as a file someone maintains: comments, blank lines, trailing dots.
     decorated: list[str] = ["# generated watchlist", ""]
     for i, p in enumerate(patterns):
@@ -188,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "python": sys.version.split()[0],
     }
-    print(f"{'measure':<44} {'value':>14}")
-    for key, value in result.items():
-        print(f"{key:<44} {value!s:>14}")
+    print_measures(result, 44)
     ok_lookup = result["lookups_per_s_median"] >= 150_000
     ok_reload = result["reload_ms_median"] < 100
     print(f"target >= 150k lookups/s: {'met' if ok_lookup else 'MISSED'}")

@@ -74,12 +74,10 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
 import statistics
-import string
 import subprocess
 import sys
 import tempfile
@@ -88,7 +86,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -96,95 +93,40 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from benchmarks._common import (
+    MiB,
+    PoolCert,
+    build_cert_pool,
+    command_output,
+    cpu_seconds,
+    machine_busy_seconds,
+    machine_info,
+    remove_run_directory,
+    result_json,
+    subtree_consistency,
+    subtree_root,
+    vm_hwm,
+    wait_quiet,
+    write_watchlist,
+)
 from ctwatch.rfc6962 import (
     SIG_ALG_ECDSA,
     STH,
     empty_root,
-    encode_cert_chain,
     encode_digitally_signed,
-    encode_precert_chain_entry,
-    encode_precert_leaf,
-    encode_x509_leaf,
     leaf_hash,
     node_hash,
     sth_signed_data,
 )
 from tests.support.ct_log import LoopbackCTLog
 
-MiB = 1024 * 1024
 TARGET_PER_CORE = 10_000
 STARTUP = "start-up: --to-index 0"  # the certpilot variant that reads one entry
-
-# -- names and patterns ------------------------------------------------------------------------
-
-TLDS = ["com", "net", "org", "de", "io", "co.uk", "fr", "nl", "app", "dev"]
-WORDS = ["api", "www", "mail", "shop", "cdn", "auth", "vpn", "git", "dev", "staging", "m"]
-ALNUM = string.ascii_lowercase + string.digits
-
-
-def _label(rnd: random.Random, lo: int = 4, hi: int = 12) -> str:
-    return "".join(rnd.choices(ALNUM, k=rnd.randint(lo, hi)))
-
-
-def make_patterns(rnd: random.Random, n: int) -> list[str]:
-    """``n`` patterns as benchmarks/ct_match.py makes them (labels of 4-12 characters)."""
-    patterns: list[str] = []
-    for _ in range(n):
-        base = f"{_label(rnd)}.{rnd.choice(TLDS)}"
-        kind = rnd.random()
-        if kind < 0.50:
-            patterns.append(f"{rnd.choice(WORDS)}.{base}" if rnd.random() < 0.6 else base)
-        elif kind < 0.85:
-            patterns.append("." + base)
-        else:
-            patterns.append("*." + base)
-    return patterns
-
-
-def _san_count(rnd: random.Random) -> int:
-    r = rnd.random()
-    return 1 if r < 0.40 else 2 if r < 0.75 else rnd.randint(3, 5) if r < 0.95 else 10
-
-
-def background_names(rnd: random.Random) -> list[str]:
-    """Names no pattern matches: their registrable label has 13-16 characters (patterns: <= 12)."""
-    base = f"{_label(rnd, 13, 16)}.{rnd.choice(TLDS)}"
-    k = _san_count(rnd)
-    first = "*." + base if rnd.random() < 0.15 else base
-    names = [first]
-    while len(names) < k:
-        names.append(rnd.choice([f"{rnd.choice(WORDS)}.{base}", f"{_label(rnd)}.{base}"]))
-    return list(dict.fromkeys(names))
-
-
-def watched_names(rnd: random.Random, pattern: str) -> list[str]:
-    """Names matched by ``pattern`` under both certspotter's and certpilot's rules, first."""
-    if pattern.startswith("*."):
-        hit = pattern  # certspotter: a "*" watch label matches only a "*" (or "?") name label
-    elif pattern.startswith("."):
-        base = pattern[1:]
-        hit = rnd.choice([base, f"{rnd.choice(WORDS)}.{base}", f"m.{_label(rnd)}.{base}"])
-        hit = "*." + base if rnd.random() < 0.2 else hit
-    else:
-        hit = pattern
-    extra = background_names(rnd)[: _san_count(rnd) - 1]
-    return list(dict.fromkeys([hit, *extra]))
-
 
 # -- the log -----------------------------------------------------------------------------------
 
 _HEAD = 12  # version, leaf_type, timestamp, entry_type: 12 bytes = 16 base64 characters
 _OPEN = b'{"leaf_input":"'
-
-
-@dataclass
-class PoolCert:
-    entry_type: str
-    leaf_template: bytes  # MerkleTreeLeaf with timestamp 0
-    extra: bytes
-    sha256: str  # of the certificate (x509) or the precertificate
-    names: list[str]
-    watched: bool
 
 
 class PooledCTLog(LoopbackCTLog):
@@ -278,34 +220,14 @@ class PreEncodedCTLog(PooledCTLog):
             levels.append([node_hash(prev[i], prev[i + 1]) for i in range(0, len(prev) - 1, 2)])
         self._levels = levels
 
-    def _root(self, lo: int, hi: int) -> bytes:
-        """MTH of the leaves ``[lo, hi)`` (``hi > lo``), from stored perfect subtrees."""
-        n = hi - lo
-        if n & (n - 1) == 0 and lo % n == 0:
-            return self._levels[n.bit_length() - 1][lo // n]
-        k = 1 << ((n - 1).bit_length() - 1)
-        return node_hash(self._root(lo, lo + k), self._root(lo + k, hi))
-
-    def _subproof(self, m: int, lo: int, hi: int, whole: bool) -> list[bytes]:
-        """RFC 6962 section 2.1.2 ``SUBPROOF(m, D[lo:hi], whole)``."""
-        n = hi - lo
-        if m == n:
-            return [] if whole else [self._root(lo, hi)]
-        k = 1 << ((n - 1).bit_length() - 1)
-        if m <= k:
-            return [*self._subproof(m, lo, lo + k, whole), self._root(lo + k, hi)]
-        return [*self._subproof(m - k, lo + k, hi, False), self._root(lo, lo + k)]
-
     def consistency(self, first: int, second: int) -> list[bytes]:
-        if first == 0 or first >= second:
-            return []
-        return self._subproof(first, 0, second, True)
+        return subtree_consistency(self._levels, first, second, node_hash)
 
     def publish(self) -> STH:
         with self._lock:
             self._build_levels()
             size = len(self._hashes)
-            root = self._root(0, size) if size else empty_root()
+            root = subtree_root(self._levels, 0, size, node_hash) if size else empty_root()
             ts = self._clock_ms()
             if self.sths and ts <= self.sths[-1].timestamp_ms:
                 ts = self.sths[-1].timestamp_ms + 1
@@ -344,80 +266,32 @@ class PreEncodedCTLog(PooledCTLog):
 def build_log(params: dict[str, Any]) -> tuple[PooledCTLog, dict[str, Any]]:
     """The log (not started) and what the harness needs to know about it."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
-    from certpilot.localca import LocalCA, new_key
-    from ctwatch.match import Watchlist
-    from tests.support.ct_log import make_precert, strip_poison
-
-    der = serialization.Encoding.DER
     rnd = random.Random(params["seed"])
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    patterns = make_patterns(rnd, params["patterns"])
-    Path(params["watchlist"]).write_text("\n".join(patterns) + "\n", encoding="utf-8")
-    watchlist = Watchlist.from_patterns(patterns)
+    patterns, watchlist = write_watchlist(rnd, params["patterns"], params["watchlist"])
     timings["patterns_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    now = datetime.now(UTC).replace(microsecond=0)
-    ca = LocalCA("certpilot bench", now, key_kind="RSA", key_bits=2048)
-    assert ca.intermediate is not None
-    issuer_der = ca.intermediate.public_bytes(der)
-    root_der = ca.root.public_bytes(der)
-    chain = [issuer_der, root_der]
-    issuer_spki = ca.intermediate.public_key().public_bytes(
-        der, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    issuer_key_hash = hashlib.sha256(issuer_spki).digest()
-    rsa_keys = [new_key("RSA", 2048) for _ in range(4)]
     cls = PooledCTLog if params["plain_server"] else PreEncodedCTLog
     log = cls(batch_limit=params["batch_limit"])
-
-    def make(names: list[str], kind: str, watched: bool) -> PoolCert:
-        nb = now - timedelta(days=rnd.randint(0, 60), minutes=rnd.randint(0, 1439))
-        na = nb + timedelta(days=rnd.choice([90, 90, 90, 47, 365]))
-        if kind == "x509":
-            key = rnd.choice(rsa_keys) if rnd.random() < 0.5 else None
-            cert = ca.issue(names, now, not_before=nb, lifetime=na - nb, key=key).cert
-            cert_der = cert.public_bytes(der)
-            return PoolCert(
-                "x509",
-                encode_x509_leaf(0, cert_der),
-                encode_cert_chain(chain),
-                hashlib.sha256(cert_der).hexdigest(),
-                names,
-                watched,
-            )
-        pre = make_precert(ca.issuer_cert, ca.issuer_key, names, nb, na)
-        pre_der = pre.public_bytes(der)
-        tbs = strip_poison(pre.tbs_certificate_bytes)
-        return PoolCert(
-            "precert",
-            encode_precert_leaf(0, issuer_key_hash, tbs),
-            encode_precert_chain_entry(pre_der, chain),
-            hashlib.sha256(pre_der).hexdigest(),
-            names,
-            watched,
-        )
-
-    background = [
-        log.add_pool_cert(make(background_names(rnd), k, False))
-        for k in ["x509", "precert"] * (params["pool"] // 2)
-    ]
-    watched_patterns = rnd.sample(patterns, params["watched_pool"])
-    watched = [
-        log.add_pool_cert(make(watched_names(rnd, p), ("x509", "precert")[i % 2], True))
-        for i, p in enumerate(watched_patterns)
-    ]
+    # build_cert_pool checks the generator's promise: watched certificates match, others not
+    background, watched, watched_patterns = build_cert_pool(
+        rnd,
+        patterns,
+        watchlist,
+        log.add_pool_cert,
+        background=params["pool"],
+        watched=params["watched_pool"],
+        ca_name="certpilot bench",
+    )
     if params["small_patterns"]:  # the watched patterns and as many others as it takes
         watched_set = set(watched_patterns)
         others = [p for p in patterns if p not in watched_set]
         k = max(0, params["small_patterns"] - len(watched_patterns))
         small = watched_patterns + random.Random(params["seed"] + 1).sample(others, k)
         Path(params["small_watchlist"]).write_text("\n".join(small) + "\n", encoding="utf-8")
-    for c in log.pool:  # the generator's promise: watched certificates match, others do not
-        assert bool(watchlist.match_any(c.names)) == c.watched, c.names
     # an x509 leaf template holds the certificate where RFC 6962 puts it
     first = log.pool[background[0]]
     assert x509.load_der_x509_certificate(first.leaf_template[15:-2]).subject is not None
@@ -525,46 +399,6 @@ class LogProcess:
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    import psutil
-
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(t.user + t.system)
-
-
-def machine_busy_seconds() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
-
-
-def peak_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def wait_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the machine is nearly idle (other sessions share it); seconds waited."""
-    import psutil
-
-    t0 = time.monotonic()
-    psutil.cpu_percent()
-    while time.monotonic() - t0 < max_wait:
-        time.sleep(0.5)
-        if psutil.cpu_percent() / 100 <= max_load:
-            break
-    return time.monotonic() - t0
-
-
 @dataclass
 class Run:
     tool: str
@@ -614,14 +448,14 @@ class Meter:
         self.me = os.getpid()
 
     def __enter__(self) -> Meter:
-        self._server = cpu_seconds(self.server_pid)
-        self._me = cpu_seconds(self.me)
+        self._server = cpu_seconds([self.server_pid])
+        self._me = cpu_seconds([self.me])
         self._busy = machine_busy_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server = cpu_seconds(self.server_pid) - self._server
-        self.harness = cpu_seconds(self.me) - self._me
+        self.server = cpu_seconds([self.server_pid]) - self._server
+        self.harness = cpu_seconds([self.me]) - self._me
         self.busy = machine_busy_seconds() - self._busy
 
     def other(self, tool_cpu: float) -> float:
@@ -721,7 +555,7 @@ def run_certspotter(
             if proc.poll() is None:
                 t = ps.cpu_times()
                 cpu = t.user + t.system
-                rss = peak_rss(proc.pid)
+                rss = vm_hwm(proc.pid)
         finally:
             _kill_group(proc)
     if not done and stop_after is None and not error:
@@ -1192,31 +1026,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def machine(certspotter: str) -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     import aiohttp
     import cryptography
 
-    try:
-        res = subprocess.run(
-            [certspotter, "-version"], capture_output=True, text=True, timeout=10, check=False
-        )
-        version = (res.stdout + res.stderr).strip()
-    except OSError:
-        version = "?"
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "aiohttp": aiohttp.__version__,
-        "certspotter": version,
-    }
+    version = command_output([certspotter, "-version"])
+    return machine_info(
+        cryptography=cryptography.__version__,
+        aiohttp=aiohttp.__version__,
+        certspotter="?" if version is None else version,
+    )
 
 
 def _progress(r: Run) -> str:
@@ -1370,10 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         log.close()
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_run_directory(work, args.keep)
     return report(args, info, info_machine, runs, prof)
 
 
@@ -1482,21 +1297,18 @@ def report(
                 f"{row['function']}"
             )
     print(
-        json.dumps(
-            {
-                "benchmark": "ct_monitor",
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": info_machine,
-                "params": {k: v for k, v in vars(args).items() if k not in {"workdir", "keep"}},
-                "log": {k: v for k, v in info.items() if k not in {"expected", "key_b64"}},
-                "valid": valid,
-                "same_matches": same,
-                "ratios": ratios,
-                "targets": targets,
-                "results": rows,
-                "runs": [r.record() for r in runs],
-                "profile": prof,
-            }
+        result_json(
+            "ct_monitor",
+            info_machine,
+            params={k: v for k, v in vars(args).items() if k not in {"workdir", "keep"}},
+            log={k: v for k, v in info.items() if k not in {"expected", "key_b64"}},
+            valid=valid,
+            same_matches=same,
+            ratios=ratios,
+            targets=targets,
+            results=rows,
+            runs=[r.record() for r in runs],
+            profile=prof,
         )
     )
     return 0 if valid else 1

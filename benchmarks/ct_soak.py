@@ -63,15 +63,10 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import os
-import platform
 import random
-import shutil
-import signal
 import sqlite3
 import statistics
-import string
 import sys
 import tempfile
 import time
@@ -83,6 +78,21 @@ from typing import Any
 
 from aiohttp import web
 
+from benchmarks._common import (
+    MiB,
+    PoolCert,
+    build_cert_pool,
+    cancel_on_sigterm,
+    machine_info,
+    remove_run_directory,
+    reset_peak_rss,
+    result_json,
+    subtree_consistency,
+    subtree_root,
+    vm_hwm,
+    wait_load1,
+    write_watchlist,
+)
 from ctwatch.local_log import LocalLog
 from ctwatch.rfc6962 import (
     SIG_ALG_ECDSA,
@@ -94,65 +104,8 @@ from ctwatch.rfc6962 import (
     sth_signed_data,
 )
 
-MiB = 1024 * 1024
 TARGET_GROWTH = 0.10  # RSS at the end vs after the first minute
 KEEP_UP_SECONDS = 5.0  # backlog after the first minute must stay under this much log growth
-
-# -- names and patterns (as benchmarks/ct_match.py and benchmarks/ct_monitor.py make them) ------
-
-TLDS = ["com", "net", "org", "de", "io", "co.uk", "fr", "nl", "app", "dev"]
-WORDS = ["api", "www", "mail", "shop", "cdn", "auth", "vpn", "git", "dev", "staging", "m"]
-ALNUM = string.ascii_lowercase + string.digits
-
-
-def _label(rnd: random.Random, lo: int = 4, hi: int = 12) -> str:
-    return "".join(rnd.choices(ALNUM, k=rnd.randint(lo, hi)))
-
-
-def make_patterns(rnd: random.Random, n: int) -> list[str]:
-    """``n`` patterns: 50 % exact names, 35 % ``.domain`` trees, 15 % ``*.domain``."""
-    patterns: list[str] = []
-    for _ in range(n):
-        base = f"{_label(rnd)}.{rnd.choice(TLDS)}"
-        kind = rnd.random()
-        if kind < 0.50:
-            patterns.append(f"{rnd.choice(WORDS)}.{base}" if rnd.random() < 0.6 else base)
-        elif kind < 0.85:
-            patterns.append("." + base)
-        else:
-            patterns.append("*." + base)
-    return patterns
-
-
-def _san_count(rnd: random.Random) -> int:
-    r = rnd.random()
-    return 1 if r < 0.40 else 2 if r < 0.75 else rnd.randint(3, 5) if r < 0.95 else 10
-
-
-def background_names(rnd: random.Random) -> list[str]:
-    """Names no pattern matches: their registrable label has 13-16 characters (patterns: <= 12)."""
-    base = f"{_label(rnd, 13, 16)}.{rnd.choice(TLDS)}"
-    k = _san_count(rnd)
-    first = "*." + base if rnd.random() < 0.15 else base
-    names = [first]
-    while len(names) < k:
-        names.append(rnd.choice([f"{rnd.choice(WORDS)}.{base}", f"{_label(rnd)}.{base}"]))
-    return list(dict.fromkeys(names))
-
-
-def watched_names(rnd: random.Random, pattern: str) -> list[str]:
-    """Names ``pattern`` matches (first), plus a few that match nothing."""
-    if pattern.startswith("*."):
-        hit = pattern
-    elif pattern.startswith("."):
-        base = pattern[1:]
-        hit = rnd.choice([base, f"{rnd.choice(WORDS)}.{base}", f"m.{_label(rnd)}.{base}"])
-        hit = "*." + base if rnd.random() < 0.2 else hit
-    else:
-        hit = pattern
-    extra = background_names(rnd)[: _san_count(rnd) - 1]
-    return list(dict.fromkeys([hit, *extra]))
-
 
 # -- the log (its own process) -------------------------------------------------------------------
 
@@ -178,12 +131,12 @@ class SoakLog(LocalLog):
         self.watched_indexes = array.array("Q")
         super().__init__(**kwargs)
 
-    def add_pool_cert(self, leaf_template: bytes, extra: bytes, watched: bool) -> int:
-        self._templates.append(leaf_template)
-        rest = base64.b64encode(leaf_template[_HEAD:])
-        self._rest.append(rest + b'","extra_data":"' + base64.b64encode(extra) + b'"}')
+    def add_pool_cert(self, cert: PoolCert) -> int:
+        self._templates.append(cert.leaf_template)
+        rest = base64.b64encode(cert.leaf_template[_HEAD:])
+        self._rest.append(rest + b'","extra_data":"' + base64.b64encode(cert.extra) + b'"}')
         item = len(self._templates) - 1
-        if watched:
+        if cert.watched:
             self.watched_items.add(item)
         return item
 
@@ -212,31 +165,11 @@ class SoakLog(LocalLog):
     def size(self) -> int:
         return len(self._heads)
 
-    def _root(self, lo: int, hi: int) -> bytes:
-        """MTH of the leaves ``[lo, hi)`` (``hi > lo``), from the stored perfect subtrees."""
-        n = hi - lo
-        if n & (n - 1) == 0 and lo % n == 0:
-            return self._levels[n.bit_length() - 1][lo // n]
-        k = 1 << ((n - 1).bit_length() - 1)
-        return node_hash(self._root(lo, lo + k), self._root(lo + k, hi))
-
-    def _subproof(self, m: int, lo: int, hi: int, whole: bool) -> list[bytes]:
-        """RFC 6962 section 2.1.2 ``SUBPROOF(m, D[lo:hi], whole)``."""
-        n = hi - lo
-        if m == n:
-            return [] if whole else [self._root(lo, hi)]
-        k = 1 << ((n - 1).bit_length() - 1)
-        if m <= k:
-            return [*self._subproof(m, lo, lo + k, whole), self._root(lo + k, hi)]
-        return [*self._subproof(m - k, lo + k, hi, False), self._root(lo, lo + k)]
-
     def consistency(self, first: int, second: int) -> list[bytes]:
-        if first == 0 or first >= second:
-            return []
-        return self._subproof(first, 0, second, True)
+        return subtree_consistency(self._levels, first, second, node_hash)
 
     def root_at(self, size: int) -> bytes:
-        return self._root(0, size) if size else empty_root()
+        return subtree_root(self._levels, 0, size, node_hash) if size else empty_root()
 
     def publish(self) -> STH:
         size = len(self._heads)
@@ -283,59 +216,18 @@ def _ecdsa() -> Any:
 
 def build_pool(log: SoakLog, params: dict[str, Any]) -> dict[str, Any]:
     """Patterns (written to the watch file) and the pool of certificates, in ``log``."""
-    from cryptography.hazmat.primitives import serialization
-
-    from certpilot.localca import LocalCA, new_key
-    from ctwatch.local_log import make_precert, strip_poison
-    from ctwatch.match import Watchlist
-    from ctwatch.rfc6962 import (
-        encode_cert_chain,
-        encode_precert_chain_entry,
-        encode_precert_leaf,
-        encode_x509_leaf,
-    )
-
-    der = serialization.Encoding.DER
     rnd = random.Random(params["seed"])
     t0 = time.perf_counter()
-    patterns = make_patterns(rnd, params["patterns"])
-    Path(params["watchlist"]).write_text("\n".join(patterns) + "\n", encoding="utf-8")
-    watchlist = Watchlist.from_patterns(patterns)
-    now = datetime.now(UTC).replace(microsecond=0)
-    ca = LocalCA("certpilot soak", now, key_kind="RSA", key_bits=2048)
-    assert ca.intermediate is not None
-    issuer_der = ca.intermediate.public_bytes(der)
-    chain = [issuer_der, ca.root.public_bytes(der)]
-    spki = ca.intermediate.public_key().public_bytes(
-        der, serialization.PublicFormat.SubjectPublicKeyInfo
+    patterns, watchlist = write_watchlist(rnd, params["patterns"], params["watchlist"])
+    background, watched, _ = build_cert_pool(
+        rnd,
+        patterns,
+        watchlist,
+        log.add_pool_cert,
+        background=params["pool"],
+        watched=params["watched_pool"],
+        ca_name="certpilot soak",
     )
-    issuer_key_hash = hashlib.sha256(spki).digest()
-    rsa_keys = [new_key("RSA", 2048) for _ in range(4)]
-
-    def make(names: list[str], kind: str, watched: bool) -> int:
-        assert bool(watchlist.match_any(names)) == watched, names  # the generator's promise
-        nb = now - timedelta(days=rnd.randint(0, 60), minutes=rnd.randint(0, 1439))
-        na = nb + timedelta(days=rnd.choice([90, 90, 90, 47, 365]))
-        if kind == "x509":
-            key = rnd.choice(rsa_keys) if rnd.random() < 0.5 else None
-            cert = ca.issue(names, now, not_before=nb, lifetime=na - nb, key=key).cert
-            return log.add_pool_cert(
-                encode_x509_leaf(0, cert.public_bytes(der)), encode_cert_chain(chain), watched
-            )
-        pre = make_precert(ca.issuer_cert, ca.issuer_key, names, nb, na)
-        return log.add_pool_cert(
-            encode_precert_leaf(0, issuer_key_hash, strip_poison(pre.tbs_certificate_bytes)),
-            encode_precert_chain_entry(pre.public_bytes(der), chain),
-            watched,
-        )
-
-    background = [
-        make(background_names(rnd), k, False) for k in ["x509", "precert"] * (params["pool"] // 2)
-    ]
-    watched = [
-        make(watched_names(rnd, p), ("x509", "precert")[i % 2], True)
-        for i, p in enumerate(rnd.sample(patterns, params["watched_pool"]))
-    ]
     return {
         "background": background,
         "watched": watched,
@@ -530,24 +422,6 @@ def _proc_figures(proc: Any) -> tuple[float, float]:
         return 0.0, 0.0
 
 
-def vm_hwm(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-async def wait_load1(limit: float, max_wait: float) -> tuple[float, float]:
-    """Wait (up to ``max_wait`` s) for the 1-minute load average to fall below ``limit``."""
-    t0 = time.monotonic()
-    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
-        await asyncio.sleep(5)
-    return time.monotonic() - t0, os.getloadavg()[0]
-
-
 async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import psutil
     from prometheus_client import CollectorRegistry
@@ -604,8 +478,7 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         info["load1_at_start"] = round(la, 2)
         print(f"load average {la:.2f} after waiting {waited:.0f}s", file=sys.stderr)
         stop = asyncio.Event()
-        with contextlib.suppress(OSError):  # VmHWM from here on, not the seeding's
-            Path(f"/proc/{me.pid}/clear_refs").write_text("5")
+        reset_peak_rss(me.pid)  # VmHWM from here on, not the seeding's
         rss0, cpu0 = _proc_figures(me)
         info["rss_before_mib"] = round(rss0, 1)
         _, log_cpu0 = _proc_figures(log_proc)
@@ -746,34 +619,13 @@ def table(samples: list[Sample]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-    }
-
-
 async def run(args: argparse.Namespace) -> int:
-    main_task = asyncio.current_task()
-    if main_task is not None:  # SIGTERM unwinds like Ctrl-C: the log process is stopped
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the log process is stopped
     work = Path(tempfile.mkdtemp(prefix="ct-soak-", dir=args.workdir))
     try:
         result = await soak(args, work)
     finally:
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_run_directory(work, args.keep)
     samples: list[Sample] = result["samples"]
     info: dict[str, Any] = result["info"]
     summary = summarise(samples, info, args)
@@ -809,33 +661,30 @@ async def run(args: argparse.Namespace) -> int:
         f"{'met' if summary['memory_flat'] else 'MISSED'}; run {'VALID' if valid else 'INVALID'}"
     )
     print(
-        json.dumps(
-            {
-                "benchmark": "ct_soak",
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": machine(),
-                "params": {
-                    k: getattr(args, k)
-                    for k in (
-                        "rate",
-                        "minutes",
-                        "patterns",
-                        "pool",
-                        "watched_pool",
-                        "watched_share",
-                        "inventory",
-                        "interval",
-                        "sth_interval",
-                        "batch_limit",
-                        "sample_every",
-                        "seed",
-                    )
-                },
-                "valid": valid,
-                "summary": summary,
-                "info": info,
-                "samples": [asdict(s) for s in samples],
-            }
+        result_json(
+            "ct_soak",
+            machine_info(sqlite=sqlite3.sqlite_version),
+            params={
+                k: getattr(args, k)
+                for k in (
+                    "rate",
+                    "minutes",
+                    "patterns",
+                    "pool",
+                    "watched_pool",
+                    "watched_share",
+                    "inventory",
+                    "interval",
+                    "sth_interval",
+                    "batch_limit",
+                    "sample_every",
+                    "seed",
+                )
+            },
+            valid=valid,
+            summary=summary,
+            info=info,
+            samples=[asdict(s) for s in samples],
         )
     )
     return 0 if valid else 1

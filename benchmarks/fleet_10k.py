@@ -75,14 +75,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import resource
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -90,15 +85,28 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from benchmarks._common import (  # the standard library only: spawned workers import it too
+    MiB,
+    cancel_on_sigterm,
+    certpilot_openssl,
+    machine_busy_seconds,
+    machine_info,
+    remove_run_directory,
+    reset_peak_rss,
+    result_json,
+    tool_version,
+    vm_hwm,
+    wait_load1,
+    wait_quiet_async,
+)
 
 if TYPE_CHECKING:
     from certpilot.domain.model import EndpointTarget, Observation
     from scanner.runner import Scanner
 
-MiB = 1024 * 1024
 TARGET_SECONDS = 60.0
 TARGET_RSS_MIB = 200.0
 
@@ -106,34 +114,11 @@ TARGET_RSS_MIB = 200.0
 # -- processes: sampling RSS and CPU -----------------------------------------------------------
 
 
-def reset_peak_rss(pid: int) -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0, ``clear_refs`` value 5)."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def vm_hwm(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def rss_now(pid: int | None = None) -> float:
     """Current RSS in MiB (this process by default)."""
     import psutil
 
     return round(int(psutil.Process(pid).memory_info().rss) / MiB, 1)
-
-
-def machine_busy_seconds() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
 
 
 @dataclass
@@ -355,24 +340,7 @@ def judge(observations: Sequence[Observation]) -> tuple[int, dict[str, int]]:
 
 async def wait_quiet(max_busy: float, max_wait: float) -> float:
     """Wait until the machine is at most ``max_busy`` busy (other sessions share it)."""
-    import psutil
-
-    t0 = time.monotonic()
-    psutil.cpu_percent()
-    while time.monotonic() - t0 < max_wait:
-        await asyncio.sleep(1.0)
-        if psutil.cpu_percent() / 100 <= max_busy:
-            break
-    return time.monotonic() - t0
-
-
-async def wait_load1(limit: float, max_wait: float) -> tuple[float, float]:
-    """Wait (up to ``max_wait`` s) for the 1-minute load average to fall below ``limit``;
-    returns (seconds waited, load average then)."""
-    t0 = time.monotonic()
-    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
-        await asyncio.sleep(5)
-    return time.monotonic() - t0, os.getloadavg()[0]
+    return await wait_quiet_async(max_busy, max_wait, poll=1.0)
 
 
 def make_timed_scanner(options: Any, clock: Any) -> Scanner:
@@ -873,35 +841,14 @@ def peer_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _version(cmd: list[str]) -> str:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "?"
-    text = (res.stdout + res.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
 def machine(nginx_bin: str) -> dict[str, Any]:
     import sqlite3
 
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "certpilot_openssl": backend.openssl_version_text(),
-        "sqlite": sqlite3.sqlite_version,
-        "nginx": _version([nginx_bin, "-v"]),
-    }
+    return machine_info(
+        certpilot_openssl=certpilot_openssl(),
+        sqlite=sqlite3.sqlite_version,
+        nginx=tool_version([nginx_bin, "-v"]),
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -915,18 +862,13 @@ async def run(args: argparse.Namespace) -> int:
     if bb_bin is None:
         print("blackbox_exporter not found: no peer rows", file=sys.stderr)
     nofile = raise_nofile()
-    main_task = asyncio.current_task()
-    if main_task is not None:  # SIGTERM unwinds like Ctrl-C: nginx and PostgreSQL are stopped
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()  # SIGTERM unwinds like Ctrl-C: nginx and PostgreSQL are stopped
     info = machine(nginx_bin)
     work = Path(tempfile.mkdtemp(prefix="fleet-10k-", dir=args.workdir))
     try:
         rows, peer, run_info = await measure(args, work, nginx_bin, bb_bin)
     finally:
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)  # 10,000 private keys: do not leave them
+        remove_run_directory(work, args.keep)  # 10,000 private keys: do not leave them
 
     valid = all(r.ok == r.endpoints for r in rows)
     peer_s = peer_summary(peer)
@@ -967,44 +909,41 @@ async def run(args: argparse.Namespace) -> int:
         f"run {'VALID' if valid else 'INVALID'}"
     )
     print(
-        json.dumps(
-            {
-                "benchmark": "fleet_10k",
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": info,
-                "params": {
-                    "endpoints": args.endpoints,
-                    "sni_ports": args.sni_ports,
-                    "concurrency": args.concurrency,
-                    "workers": args.workers,
-                    "timeout_s": args.timeout,
-                    "nginx_worker_processes": args.nginx_workers,
-                    "peer_sample": args.peer_sample,
-                    "peer_rounds": args.peer_rounds,
-                    "rlimit_nofile": list(nofile),
-                },
-                "run": run_info,
-                "valid": valid,
-                "target_scan_s": TARGET_SECONDS,
-                "target_rss_mib": TARGET_RSS_MIB,
-                "met_time": met_time,
-                "met_rss": met_rss,
-                "met_rss_with_scrape": met_rss_scrape,
-                "rows": [r.record() for r in rows],
-                "peer": peer_s,
-                "peer_rounds": [
-                    {
-                        "tool": r.tool,
-                        "ok": r.ok,
-                        "wall_s": round(r.wall_s, 3),
-                        "probes_per_s": round(r.rate, 1),
-                        "cpu_s": round(r.cpu_s, 3),
-                        "driver_cpu_s": round(r.driver_cpu_s, 3),
-                        "other_load": round(r.other_load, 3),
-                    }
-                    for r in peer
-                ],
-            }
+        result_json(
+            "fleet_10k",
+            info,
+            params={
+                "endpoints": args.endpoints,
+                "sni_ports": args.sni_ports,
+                "concurrency": args.concurrency,
+                "workers": args.workers,
+                "timeout_s": args.timeout,
+                "nginx_worker_processes": args.nginx_workers,
+                "peer_sample": args.peer_sample,
+                "peer_rounds": args.peer_rounds,
+                "rlimit_nofile": list(nofile),
+            },
+            run=run_info,
+            valid=valid,
+            target_scan_s=TARGET_SECONDS,
+            target_rss_mib=TARGET_RSS_MIB,
+            met_time=met_time,
+            met_rss=met_rss,
+            met_rss_with_scrape=met_rss_scrape,
+            rows=[r.record() for r in rows],
+            peer=peer_s,
+            peer_rounds=[
+                {
+                    "tool": r.tool,
+                    "ok": r.ok,
+                    "wall_s": round(r.wall_s, 3),
+                    "probes_per_s": round(r.rate, 1),
+                    "cpu_s": round(r.cpu_s, 3),
+                    "driver_cpu_s": round(r.driver_cpu_s, 3),
+                    "other_load": round(r.other_load, 3),
+                }
+                for r in peer
+            ],
         )
     )
     return 0 if valid else 1

@@ -64,8 +64,14 @@ from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
-
+from benchmarks._common import (
+    MiB,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    reset_peak_rss,
+    vm_hwm,
+    wait_quiet,
+)
 from certpilot.domain.clock import FixedClock
 from certpilot.localca import LocalCA
 from scanner.k8s import KubernetesSource, scan_kubernetes
@@ -118,39 +124,6 @@ def serve_fake(conn: Connection, secrets: int, namespaces: int, directory: str) 
 # -- measurements ------------------------------------------------------------------------------
 
 
-def reset_peak() -> None:
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def machine_busy_seconds() -> float:
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
-
-
-def wait_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the machine is nearly idle (other sessions share it); seconds waited."""
-    t0 = time.monotonic()
-    psutil.cpu_percent()
-    while time.monotonic() - t0 < max_wait:
-        time.sleep(0.5)
-        if psutil.cpu_percent() / 100 <= max_load:
-            break
-    return time.monotonic() - t0
-
-
 async def raw_list(info: dict[str, Any], page: int) -> tuple[int, int]:
     """Every page of the cluster-wide TLS Secrets list, bodies read, nothing decoded."""
     context = ssl.create_default_context(cadata=info["ca_pem"].decode())
@@ -177,9 +150,10 @@ def one_round(
     kind: str, src: KubernetesSource, info: dict[str, Any], fake: psutil.Process
 ) -> dict[str, Any]:
     me = psutil.Process()
-    reset_peak()
+    reset_peak_rss(me.pid)
     rss_start = me.memory_info().rss / 2**20
-    cpu0, fake0, busy0 = cpu(me), cpu(fake), machine_busy_seconds()
+    cpu0, fake0 = process_cpu_seconds(me), process_cpu_seconds(fake)
+    busy0 = machine_busy_seconds()
     started = time.perf_counter()
     if kind == "scan":
         clock = FixedClock(datetime.fromisoformat(info["now"]))
@@ -198,7 +172,7 @@ def one_round(
         wall = time.perf_counter() - started
         extra = {"pages": pages, "bytes": size}
         objects = 0
-    ours = cpu(me) - cpu0 + cpu(fake) - fake0
+    ours = process_cpu_seconds(me) - cpu0 + process_cpu_seconds(fake) - fake0
     other = max(0.0, machine_busy_seconds() - busy0 - ours)
     return {
         "kind": kind,
@@ -206,10 +180,10 @@ def one_round(
         "other_load": other / (wall * (os.cpu_count() or 1)),
         "objects": objects,
         "objects_per_s": objects / wall if objects else None,
-        "cpu_s": cpu(me) - cpu0,
-        "fake_cpu_s": cpu(fake) - fake0,
+        "cpu_s": process_cpu_seconds(me) - cpu0,
+        "fake_cpu_s": process_cpu_seconds(fake) - fake0,
         "rss_start_mib": rss_start,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": vm_hwm(me.pid) / MiB,
         **extra,
     }
 

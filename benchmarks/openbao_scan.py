@@ -53,6 +53,7 @@ import psutil
 from cryptography.hazmat.primitives import serialization
 from hvac import Client  # type: ignore[import-untyped]
 
+from benchmarks._common import process_cpu_seconds
 from certpilot.domain.clock import SystemClock
 from certpilot.localca import LocalCA, new_key
 from scanner.openbao import OpenBaoSource, scan_openbao
@@ -91,11 +92,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -225,7 +221,7 @@ def measure(
     name: str, fn: Callable[[], dict[str, Any]], bao_proc: psutil.Process
 ) -> dict[str, Any]:
     me = psutil.Process()
-    cpu0, bao0 = cpu_seconds(me), cpu_seconds(bao_proc)
+    cpu0, bao0 = process_cpu_seconds(me), process_cpu_seconds(bao_proc)
     with PeakRSS() as rss:
         started = time.perf_counter()
         out = fn()
@@ -235,8 +231,8 @@ def measure(
             "kind": name,
             "wall_s": round(wall, 3),
             "secrets_per_s": round(out["secrets"] / wall, 1),
-            "cpu_s": round(cpu_seconds(me) - cpu0, 2),
-            "bao_cpu_s": round(cpu_seconds(bao_proc) - bao0, 2),
+            "cpu_s": round(process_cpu_seconds(me) - cpu0, 2),
+            "bao_cpu_s": round(process_cpu_seconds(bao_proc) - bao0, 2),
             "rss_peak_mb": round(rss.peak / 2**20, 1),
             "rss_increase_mb": round((rss.peak - rss.before) / 2**20, 1),
         }

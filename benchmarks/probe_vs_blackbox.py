@@ -45,25 +45,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import platform
-import shutil
-import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MiB = 1024 * 1024
+from benchmarks._common import (  # the standard library only: spawned workers import it too
+    MiB,
+    cancel_on_sigterm,
+    certpilot_openssl,
+    cpu_seconds,
+    machine_busy_seconds,
+    machine_info,
+    remove_run_directory,
+    reset_peak_rss,
+    result_json,
+    tool_version,
+    vm_hwm,
+    wait_quiet_async,
+)
 
 
 @dataclass
@@ -93,55 +99,6 @@ class Round:
 
 
 # -- /proc and psutil helpers ------------------------------------------------------------------
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0, ``clear_refs`` value 5)."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def peak_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
-
-
-def machine_busy_seconds() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
-
-
-async def wait_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the machine is nearly idle (other sessions share it); returns seconds waited."""
-    import psutil
-
-    t0 = time.monotonic()
-    psutil.cpu_percent()
-    while time.monotonic() - t0 < max_wait:
-        await asyncio.sleep(0.5)
-        if psutil.cpu_percent() / 100 <= max_load:
-            break
-    return time.monotonic() - t0
 
 
 def pool_processes(exclude: set[int]) -> tuple[list[int], list[int]]:
@@ -204,9 +161,9 @@ async def certpilot_round(
         observations = await scanner.probe(targets)
     failures = Counter(str(code) for o in observations for code in o.codes)
     ok = sum(1 for o in observations if o.healthy and o.leaf is not None and len(o.chain) == 2)
-    rss = {"main": peak_rss(me)}
+    rss = {"main": vm_hwm(me)}
     for i, pid in enumerate(sorted(pool)):
-        rss[f"worker{i}"] = peak_rss(pid)
+        rss[f"worker{i}"] = vm_hwm(pid)
     return Round(
         "certpilot",
         workers,
@@ -269,7 +226,7 @@ async def blackbox_round(
         m.cpu["server"],
         m.cpu["other"],
         waited,
-        {"exporter": peak_rss(bb)},
+        {"exporter": vm_hwm(bb)},
         dict(failures),
     )
 
@@ -325,37 +282,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _version(cmd: list[str]) -> str:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "?"
-    text = (res.stdout + res.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
 def machine(nginx_bin: str, bb_bin: str) -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,  # the stdlib's (the aiohttp driver's)
-        # certpilot's handshakes: pyOpenSSL on the OpenSSL that cryptography bundles
-        "certpilot_openssl": backend.openssl_version_text(),
-        "nginx": _version([nginx_bin, "-v"]),
-        "blackbox_exporter": _version([bb_bin, "--version"]),
-    }
+    return machine_info(
+        openssl=ssl.OPENSSL_VERSION,  # the stdlib's (the aiohttp driver's)
+        certpilot_openssl=certpilot_openssl(),
+        nginx=tool_version([nginx_bin, "-v"]),
+        blackbox_exporter=tool_version([bb_bin, "--version"]),
+    )
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -411,7 +344,7 @@ async def measure(
         pooled = Scanner(options(workers), clock)
 
         async def certpilot(w: int, i: int) -> Round:
-            waited = await wait_quiet(args.max_load, args.max_wait)
+            waited = await wait_quiet_async(args.max_load, args.max_wait)
             if w > 1:
                 return await certpilot_round(pooled, targets, w, i, bb_pid, nginx_pids, waited)
             # In-process: a new Scanner per round, so its parse cache starts cold like the
@@ -433,7 +366,7 @@ async def measure(
                     # certpilot pool, blackbox, certpilot in-process: each after a quiet check.
                     rounds.append(await certpilot(workers, i))
                     print(_progress(rounds[-1]), file=sys.stderr)
-                    waited = await wait_quiet(args.max_load, args.max_wait)
+                    waited = await wait_quiet_async(args.max_load, args.max_wait)
                     rounds.append(
                         await blackbox_round(
                             session, bb, ports, args.concurrency, i, nginx_pids, waited
@@ -458,18 +391,13 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     workers = args.workers or os.cpu_count() or 1
     # SIGTERM (timeout, CI cancel) unwinds like Ctrl-C, so nginx and the exporter are stopped.
-    main_task = asyncio.current_task()
-    if main_task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
     info = machine(nginx_bin, bb_bin)
     work = Path(tempfile.mkdtemp(prefix="probe-vs-blackbox-", dir=args.workdir))
     try:
         rounds = await measure(args, work, nginx_bin, bb_bin, workers)
     finally:
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)  # 1,000 private keys: do not leave them
+        remove_run_directory(work, args.keep)  # 1,000 private keys: do not leave them
 
     groups: dict[tuple[str, int], list[Round]] = {}
     for r in rounds:
@@ -494,26 +422,23 @@ async def run(args: argparse.Namespace) -> int:
         f"{cpu_ratio:.2f}x CPU per probe; run {'VALID' if valid else 'INVALID: not all healthy'}"
     )
     print(
-        json.dumps(
-            {
-                "benchmark": "probe_vs_blackbox",
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": info,
-                "params": {
-                    "endpoints": args.endpoints,
-                    "concurrency": args.concurrency,
-                    "rounds": args.rounds,
-                    "workers": workers,
-                    "nginx_worker_processes": args.nginx_workers,
-                    "timeout_s": args.timeout,
-                    "layout": "one port per endpoint",
-                },
-                "valid": valid,
-                "ratio_probes_per_s": round(ratio, 3),
-                "ratio_cpu_per_probe": round(cpu_ratio, 3),
-                "results": rows,
-                "rounds": [asdict(r) | {"probes_per_s": round(r.rate, 1)} for r in rounds],
-            }
+        result_json(
+            "probe_vs_blackbox",
+            info,
+            params={
+                "endpoints": args.endpoints,
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+                "workers": workers,
+                "nginx_worker_processes": args.nginx_workers,
+                "timeout_s": args.timeout,
+                "layout": "one port per endpoint",
+            },
+            valid=valid,
+            ratio_probes_per_s=round(ratio, 3),
+            ratio_cpu_per_probe=round(cpu_ratio, 3),
+            results=rows,
+            rounds=[asdict(r) | {"probes_per_s": round(r.rate, 1)} for r in rounds],
         )
     )
     return 0 if valid else 1

@@ -51,16 +51,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import platform
 import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +67,7 @@ from typing import Any
 
 from cryptography import x509
 
+from benchmarks._common import cancel_on_sigterm, machine_info, remove_run_directory, tool_version
 from certpilot.domain.clock import Clock, SystemClock
 from certpilot.domain.inventory import InventoryItem
 from certpilot.domain.model import EndpointTarget, Observation
@@ -881,32 +877,12 @@ def mass_table(rows: list[dict[str, Any]]) -> str:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _version(cmd: list[str]) -> str:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "?"
-    text = (res.stdout + res.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
 def machine(nginx: str) -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    pebble_pkg = _version(["dpkg-query", "-W", "-f", "${Version}", "pebble"])
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "nginx": _version([nginx, "-v"]),
-        "pebble": pebble_pkg,
-        "loadavg_start": os.getloadavg(),
-    }
+    return machine_info(
+        nginx=tool_version([nginx, "-v"]),
+        pebble=tool_version(["dpkg-query", "-W", "-f", "${Version}", "pebble"]),
+        loadavg_start=os.getloadavg(),
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -915,9 +891,7 @@ async def run(args: argparse.Namespace) -> int:
         say("needs nginx, pebble and pebble-challtestsrv (apt-get install nginx pebble)")
         return 2
     args.nginx = nginx
-    main_task = asyncio.current_task()
-    if main_task is not None:  # SIGTERM unwinds like Ctrl-C: the harnesses stop their daemons
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the harnesses stop their daemons
     info = machine(nginx)
     clock = SystemClock()
     work = Path(tempfile.mkdtemp(prefix="certpilot-remediation-", dir=args.workdir))
@@ -936,10 +910,7 @@ async def run(args: argparse.Namespace) -> int:
             if args.mass > 0:
                 mass_rows = await mass(args, work, pebble, clock)
     finally:
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)  # private keys: do not leave them
+        remove_run_directory(work, args.keep)  # private keys: do not leave them
     info["loadavg_end"] = os.getloadavg()
     elapsed = time.perf_counter() - t0
 
