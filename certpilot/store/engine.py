@@ -326,15 +326,24 @@ class EngineBacked:
         with self._lock, self._guard(), self._engine.connect() as conn:
             with conn.begin():
                 yield conn
-            if large and self._engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA shrink_memory")
+            if large:
+                self._release_pages(conn)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, large: bool = False) -> Iterator[Connection]:
+        """A write transaction. ``large``: it writes many pages (a scan chunk of thousands of
+        locations), dropped from the SQLite connection's page cache once committed, as after
+        a large read."""
         with self._lock, self._guard(), self._engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+            if large:
+                self._release_pages(conn)
+
+    def _release_pages(self, conn: Connection) -> None:
+        if self._engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA shrink_memory")
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:

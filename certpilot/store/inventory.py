@@ -108,6 +108,9 @@ CHUNK = 5000
 # Key of the PostgreSQL advisory lock that serialises record() across replicas, as BEGIN
 # IMMEDIATE does on SQLite ("certpilo" in ASCII, an arbitrary constant).
 _PG_RECORD_LOCK: Final = 0x6365727470696C6F
+#: A record() of at least this many locations drops its pages from the SQLite connection's
+#: cache once committed (a scan chunk: see EngineBacked._write).
+_LARGE_BATCH: Final = 500
 
 _CERT_COLUMNS: Final = (
     "fingerprint_sha256",
@@ -678,7 +681,7 @@ class Inventory(engines.EngineBacked):
             latest[obs.ref] = obs  # observed_at is checked where it is encoded, in _plan()
         if not latest:
             return []
-        with _gc_paused(len(latest)), self._write() as conn:
+        with _gc_paused(len(latest)), self._write(large=len(latest) >= _LARGE_BATCH) as conn:
             if self._dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_PG_RECORD_LOCK)))
             states = self._location_states(conn, list(latest))
@@ -1282,8 +1285,8 @@ class Inventory(engines.EngineBacked):
         return postgresql.insert(table)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with super()._write() as conn:
+    def _write(self, *, large: bool = False) -> Iterator[Connection]:
+        with super()._write(large=large) as conn:
             yield conn
         if self._checkpointer is not None:
             self._checkpointer.request()  # committed: its pages can go to the database file
