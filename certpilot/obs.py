@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -727,6 +727,9 @@ class Metrics:
         self._clock = clock
         self._lock = threading.Lock()
         self._sources: set[str] = set()
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds...: what
+        # an operator sizes the service by (docs/operations.md, "Memory").
+        self.process = ProcessCollector(registry=registry)
 
         self.build_info = Gauge(
             "certpilot_build_info",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -611,6 +612,7 @@ def test_streamed_exposition_is_byte_for_byte_the_encoders(
 
     monkeypatch.setattr(obs_module, "_CHUNK_BYTES", 2048)  # several chunks from a small registry
     monkeypatch.setattr(obs_module, "_PIECE_ROWS", 7)  # large families encoded in pieces
+    registry.unregister(metrics.process)  # its CPU seconds would differ between two encodings
     inv.data = [item(f"tls://h{i}:443#h{i}", serial=f"{i:x}") for i in range(40)]
     inv.data.append(item("tls://bad:443#bad", problems=[ProblemCode.EXPIRED]))
     metrics.observe_scan("tls", [obs("tls://a:443#a", ProblemCode.EXPIRED)], 1.0)
@@ -628,3 +630,15 @@ def test_streamed_exposition_is_byte_for_byte_the_encoders(
     for name in ("certpilot_certificate_not_before_seconds", "x509_cert_expired"):
         once, again = list(fams[name].samples), list(fams[name].samples)
         assert once == again and len(once) == 41
+
+
+def test_the_process_s_own_memory_and_cpu_are_exported(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    """``process_resident_memory_bytes`` and friends: what docs/operations.md sizes by."""
+    status = Path("/proc/self/status").read_text()
+    rss_kib = int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+    exported = registry.get_sample_value("process_resident_memory_bytes")
+    assert exported is not None and abs(exported / 1024 - rss_kib) < 0.2 * rss_kib
+    fds = registry.get_sample_value("process_open_fds")
+    assert fds is not None and fds >= 3
