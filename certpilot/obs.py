@@ -322,9 +322,9 @@ class InventoryCollector:
 
     Memory: a 10,000-location inventory is about 80,000 samples (32 MB of text). What is cached
     between concurrent scrapes is the inventory read, not the samples; :meth:`collect` builds the
-    families one group at a time as the encoder asks for them, and the samples of one location
-    share one label dict per group (``Metric.add_sample`` keeps the dict it is given), so with a
-    streaming encoder (:func:`exposition_chunks`) a scrape holds one group's samples at a time.
+    families one group at a time as the encoder asks for them, the large ones as
+    :class:`_Streamed` families (a small row per series, each sample made as it is written), so
+    with :func:`exposition` a scrape holds the read, one group's rows and one piece of text.
     """
 
     def __init__(
