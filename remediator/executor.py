@@ -47,18 +47,19 @@ loop keeps serving probes and HTTP while SQLite fsyncs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from certpilot.domain.audit import AuditAction, AuditDraft, AuditResult
 from certpilot.domain.clock import Clock
-from certpilot.domain.errors import CertificateParseError, CertpilotError
+from certpilot.domain.errors import CertificateParseError, CertpilotError, StoreError
 from certpilot.domain.protocols import Prober
 from certpilot.domain.remedy import (
     CertificateHolder,
@@ -352,7 +353,8 @@ class Executor:
         mine = job.id not in self._active
         self._active.add(job.id)
         try:
-            outcome = await self._run(job, certificate)
+            async with self._leased(job.id):
+                outcome = await self._run(job, certificate)
         except JobConflict as e:
             log.info("job %d: %s", job.id, e.message)
             current = await asyncio.to_thread(self.jobs.get, job_id)
@@ -794,7 +796,8 @@ class Executor:
                 continue
             self._active.add(job.id)
             try:
-                outcome = await self._resume(job)
+                async with self._leased(job.id):
+                    outcome = await self._resume(job)
             except JobConflict as e:
                 log.info("job %d: %s", job.id, e.message)
                 continue
@@ -880,6 +883,33 @@ class Executor:
         return await self._finish(job, verified)
 
     # ------------------------------------------------------------------------ plumbing
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, job_id: int) -> AsyncIterator[None]:
+        """Keep this executor's lease on ``job_id`` alive while it works on it: every third of
+        the lease, moved to a whole lease from now. Transitions renew it too, but one step (a
+        slow reload, a long verification) may outlast it, and another replica would take the
+        job over while it still runs. A failed renewal is logged; the next transition's
+        compare-and-set decides who has the job."""
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(max(0.05, self.lease / 3))
+                until = self.clock.now() + timedelta(seconds=self.lease)
+                try:
+                    await asyncio.to_thread(
+                        self.jobs.extend_lease, job_id, owner=self.instance, until=until
+                    )
+                except StoreError as e:
+                    log.warning("job %d: lease not renewed: %s", job_id, e.message)
+
+        task = asyncio.create_task(keep(), name=f"lease-{job_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _move(self, job: Job, to: JobState, *, actor: str = ACTOR, **changes: Any) -> Job:
         """Compare-and-set ``job`` from its state (and version) to ``to``; audit it."""

@@ -454,6 +454,25 @@ class JobStore(engines.EngineBacked):
         same compare-and-set as :meth:`transition`."""
         return self.transition(job_id, state, state, now=now, version=version, **changes)
 
+    def extend_lease(self, job_id: int, *, owner: str, until: datetime) -> bool:
+        """Move the lease of an in-flight job ``owner`` holds to ``until`` (its executor is
+        still working on a long step); ``False`` when the job is no longer ``owner``'s or in
+        flight. Not a change of the job: neither its version nor ``updated_at`` moves, so the
+        owner's next compare-and-set still holds and nothing reports the job as changed."""
+        _aware(until, "until")
+        with self._write() as conn:
+            done = conn.execute(
+                update(JOBS)
+                .where(
+                    _c.id == job_id,
+                    _c.owner == owner,
+                    _c.state.in_(IN_FLIGHT_STATES),
+                    _c.lease_until.is_not(None),
+                )
+                .values(lease_until=until)
+            )
+        return bool(done.rowcount)
+
     # ------------------------------------------------------------------------------ reading
 
     def get(self, job_id: int) -> Job:

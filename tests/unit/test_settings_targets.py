@@ -130,29 +130,3 @@ def test_parse_targets_with_resolve_and_files() -> None:
 def test_bad_resolve(spec: str) -> None:
     with pytest.raises(UsageError, match="--resolve"):
         parse_resolve([spec])
-
-
-def _remediation(lease: str, **target: object) -> dict[str, object]:
-    files = {"name": "site", "kind": "files", "issuer": "ca", "cert_path": "/c", "key_path": "/k"}
-    return {
-        "remediation": {
-            "lease": lease,
-            "verify_timeout": "10s",
-            "issuers": {"ca": {"kind": "local_ca"}},
-            "targets": [{**files, **target}],
-        }
-    }
-
-
-def test_a_lease_shorter_than_a_deploy_step_is_refused() -> None:
-    """A deploy step runs the test and the reload command, each for up to ``timeout`` plus
-    ``kill_grace``, without a transition to renew the job's lease: a lease no longer than that
-    would let another replica take over a job still running (and deploy it twice)."""
-    with pytest.raises(ConfigError) as err:
-        settings_from_mapping(_remediation("60s", timeout="40s"), "c.yaml")
-    line = err.value.one_line()
-    assert line.startswith("c.yaml: remediation: targets[0].timeout: '40s'")
-    assert "84s" in line and "lease (60s)" in line
-    ok = settings_from_mapping(_remediation("100s", timeout="40s", kill_grace="5s"), "c.yaml")
-    assert ok.remediation.lease == 100.0
-    settings_from_mapping(_remediation("60s"), "c.yaml")  # the adapter's defaults: not checked
