@@ -795,9 +795,24 @@ class Executor:
                 )
                 continue
             self._active.add(job.id)
+            previous_owner = job.owner
             try:
+                if job.owner != self.instance or others_only:
+                    # A takeover: claim the job first, by a compare-and-set that also requires
+                    # its lease to have run out (a renewal does not change the version).
+                    now = self.clock.now()
+                    job = await asyncio.to_thread(
+                        self.jobs.update,
+                        job.id,
+                        job.state,
+                        now=now,
+                        version=job.version,
+                        unleased_at=now,
+                        owner=self.instance,
+                        lease_until=now + timedelta(seconds=self.lease),
+                    )
                 async with self._leased(job.id):
-                    outcome = await self._resume(job)
+                    outcome = await self._resume(job, previous_owner)
             except JobConflict as e:
                 log.info("job %d: %s", job.id, e.message)
                 continue
@@ -807,7 +822,7 @@ class Executor:
             out.append(outcome)
         return out
 
-    async def _resume(self, job: Job) -> RunOutcome:
+    async def _resume(self, job: Job, previous_owner: str) -> RunOutcome:
         plan = resume_plan(job)
         log.warning("job %d: resuming after a restart: %s", job.id, plan.why)
         await self._audit(
@@ -817,7 +832,7 @@ class Executor:
             state=job.state,
             plan=plan.action.value,
             why=plan.why,
-            previous_owner=job.owner,
+            previous_owner=previous_owner,
         )
         interrupted = self.targets.get(plan.interrupted) if plan.interrupted else None
         interrupted_serves = interrupted is not None and await self._serves_now(interrupted, job)

@@ -130,12 +130,16 @@ class JobConflict(JobError):
         *,
         version: int | None = None,
         actual_version: int = 0,
+        held_until: datetime | None = None,
     ) -> None:
-        if version is not None and expected == actual:
-            what = f"changed since version {version} (now {actual_version})"
+        if held_until is not None:
+            message = f"is leased until {held_until.isoformat()}: another process works on it"
+        elif version is not None and expected == actual:
+            message = f"changed since version {version} (now {actual_version})"
+            message += ": another process advanced it"
         else:
-            what = f"is {actual}, not {expected}"
-        super().__init__(job_id, f"{what}: another process advanced it")
+            message = f"is {actual}, not {expected}: another process advanced it"
+        super().__init__(job_id, message)
         self.expected = expected
         self.actual = actual
         self.version = version
@@ -390,14 +394,18 @@ class JobStore(engines.EngineBacked):
         *,
         now: datetime,
         version: int | None = None,
+        unleased_at: datetime | None = None,
         **changes: Any,
     ) -> Job:
         """Move ``job_id`` from ``from_state`` to ``to_state`` and apply ``changes``, as one
         compare-and-set; return the job as stored.
 
         ``version``, when given, must also match (the stricter check the executor uses: a job
-        can pass through the same state twice). Raises :class:`JobConflict` when the job is no
-        longer where the caller saw it, :class:`JobNotFound` when it does not exist,
+        can pass through the same state twice). ``unleased_at``, when given, requires the job's
+        lease to have run out by then (a takeover: :meth:`extend_lease` moves the lease without
+        a new version, so the version alone would not see a holder still at work). Raises
+        :class:`JobConflict` when the job is no longer where the caller saw it (or is leased),
+        :class:`JobNotFound` when it does not exist,
         ``ValueError`` for unknown states or fields. Entering a state stamps
         ``state_times[to_state] = now``. Legality of the move is not checked here: see
         :func:`remediator.jobs.check_transition`.
@@ -409,10 +417,15 @@ class JobStore(engines.EngineBacked):
         values = _encode_changes(changes)
         with self._write() as conn:
             current = conn.execute(
-                select(_c.state, _c.version, _c.state_times).where(_c.id == job_id)
+                select(_c.state, _c.version, _c.state_times, _c.lease_until).where(_c.id == job_id)
             ).first()
             if current is None:
                 raise JobNotFound(job_id)
+            leased = current.lease_until
+            if unleased_at is not None and leased is not None and leased > unleased_at:
+                raise JobConflict(
+                    job_id, from_state, current.state, version=version, held_until=leased
+                )
             if current.state != from_state or (version is not None and current.version != version):
                 raise JobConflict(
                     job_id,
@@ -425,6 +438,8 @@ class JobStore(engines.EngineBacked):
             if to_state != from_state:
                 times[to_state] = now.astimezone(UTC).isoformat()
             where = and_(_c.id == job_id, _c.state == from_state, _c.version == current.version)
+            if unleased_at is not None:  # and still unleased when written (no renewal between)
+                where = and_(where, or_(_c.lease_until.is_(None), _c.lease_until <= unleased_at))
             result = conn.execute(
                 update(JOBS)
                 .where(where)
@@ -437,22 +452,37 @@ class JobStore(engines.EngineBacked):
                 )
             )
             if result.rowcount != 1:  # PostgreSQL: changed between our read and our write
-                actual = conn.execute(select(_c.state, _c.version).where(_c.id == job_id)).one()
+                actual = conn.execute(
+                    select(_c.state, _c.version, _c.lease_until).where(_c.id == job_id)
+                ).one()
+                renewed = unleased_at is not None and actual.lease_until is not None
                 raise JobConflict(
                     job_id,
                     from_state,
                     actual.state,
                     version=version,
                     actual_version=int(actual.version),
+                    held_until=actual.lease_until
+                    if renewed and actual.lease_until > unleased_at
+                    else None,
                 )
             return _decode(conn.execute(select(JOBS).where(_c.id == job_id)).one())
 
     def update(
-        self, job_id: int, state: str, *, now: datetime, version: int | None = None, **changes: Any
+        self,
+        job_id: int,
+        state: str,
+        *,
+        now: datetime,
+        version: int | None = None,
+        unleased_at: datetime | None = None,
+        **changes: Any,
     ) -> Job:
-        """Change fields of a job that stays in ``state`` (a receipt, a lease renewal), with the
+        """Change fields of a job that stays in ``state`` (a receipt, a takeover), with the
         same compare-and-set as :meth:`transition`."""
-        return self.transition(job_id, state, state, now=now, version=version, **changes)
+        return self.transition(
+            job_id, state, state, now=now, version=version, unleased_at=unleased_at, **changes
+        )
 
     def extend_lease(self, job_id: int, *, owner: str, until: datetime) -> bool:
         """Move the lease of an in-flight job ``owner`` holds to ``until`` (its executor is

@@ -47,3 +47,37 @@ async def test_a_step_longer_than_the_lease_keeps_the_job(store_url: str) -> Non
     finally:
         jobs.close()
         audit.close()
+
+
+def _claim_after(jobs: JobStore, key: str, *, renewed: bool) -> None:
+    """b reads a job whose lease ran out, a renews it (or not), b claims it."""
+    now = SystemClock().now()
+    created = jobs.create(NewJob(key=key, action="renew", targets=("t",)), now=now)
+    jobs.transition(
+        created.job.id, "approved", "verifying", now=now, owner="a",
+        lease_until=now - timedelta(seconds=1),
+    )  # fmt: skip
+    seen = jobs.get(created.job.id)  # by b: the lease has run out
+    if renewed:
+        assert jobs.extend_lease(seen.id, owner="a", until=now + timedelta(seconds=30))
+    jobs.update(
+        seen.id, seen.state, now=now, version=seen.version, unleased_at=now, owner="b",
+        lease_until=now + timedelta(seconds=30),
+    )  # fmt: skip
+
+
+def test_a_takeover_claim_loses_to_a_renewal_made_after_it_read_the_job(store_url: str) -> None:
+    """Replica b reads a job whose lease ran out (its holder stalled); the holder then renews
+    it (no new version). b's claim is a compare-and-set that also requires the lease to be
+    out (``unleased_at``), so it fails instead of taking a job still being worked on; without
+    the renewal the same claim succeeds."""
+    import pytest
+
+    from certpilot.store.jobs import JobConflict
+
+    with JobStore.open(store_url) as jobs:
+        with pytest.raises(JobConflict, match="is leased until"):
+            _claim_after(jobs, "renewed", renewed=True)
+        assert [j.owner for j in jobs.list()] == ["a"]
+        _claim_after(jobs, "stalled", renewed=False)
+        assert [j.owner for j in jobs.list()] == ["a", "b"]
