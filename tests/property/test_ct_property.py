@@ -26,6 +26,8 @@ from ctwatch.loglist import parse_log_list
 from ctwatch.match import Watchlist, WatchlistError, _build, _lines_to_patterns
 from ctwatch.rfc6962 import (
     HASH_SIZE,
+    STH,
+    CTEntry,
     MalformedEntry,
     MalformedSTH,
     encode_cert_chain,
@@ -39,6 +41,7 @@ from ctwatch.source import BadSignature, LogProtocolError
 from ctwatch.tiled import (
     MAX_LEAF_INDEX,
     TILE_WIDTH,
+    Checkpoint,
     encode_leaf_index_extension,
     encode_tile_leaf,
     format_checkpoint,
@@ -64,8 +67,8 @@ URL = "https://mon.example.test/2026h1/"
 # ---------------------------------------------------------------------------- RFC 6962 leaves
 
 
-def _leaf(leaf_input: bytes, extra_data: bytes) -> None:
-    check(
+def _leaf(leaf_input: bytes, extra_data: bytes) -> CTEntry | BaseException:
+    return check(
         "ctwatch.rfc6962.parse_leaf",
         lambda: parse_leaf(leaf_input, extra_data, 7),
         MalformedEntry,
@@ -73,9 +76,20 @@ def _leaf(leaf_input: bytes, extra_data: bytes) -> None:
     )
 
 
+def _entry_is_whole(out: CTEntry | BaseException) -> bool:
+    """An entry, when one comes back, is a whole one: its hash is of the certificate it
+    carries, and it is one of the two entry types."""
+    if isinstance(out, MalformedEntry):
+        return True
+    assert isinstance(out, CTEntry)
+    return out.entry_type in ("x509", "precert") and (
+        out.sha256 == hashlib.sha256(out.cert_der).hexdigest()
+    )
+
+
 @given(st.binary(max_size=1024), st.binary(max_size=1024))
 def test_leaf_arbitrary_bytes(leaf_input: bytes, extra_data: bytes) -> None:
-    _leaf(leaf_input, extra_data)
+    assert _entry_is_whole(_leaf(leaf_input, extra_data))
 
 
 @given(st.data())
@@ -88,7 +102,7 @@ def test_leaf_mutated(data: st.DataObject) -> None:
         leaf = data.draw(mutated(leaf))
     if which != "leaf":
         extra = data.draw(mutated(extra))
-    _leaf(leaf, extra)
+    assert _entry_is_whole(_leaf(leaf, extra))
 
 
 @given(
@@ -123,8 +137,8 @@ def test_leaf_precert_round_trip(ts: int, key_hash: bytes, ext: bytes) -> None:
 # ---------------------------------------------------------------------------- get-sth JSON
 
 
-def _sth(obj: object) -> None:
-    check(
+def _sth(obj: object) -> STH | BaseException:
+    return check(
         "ctwatch.rfc6962.parse_sth_json",
         lambda: parse_sth_json(obj),
         MalformedSTH,
@@ -132,14 +146,26 @@ def _sth(obj: object) -> None:
     )
 
 
+def _sth_is_sound(out: STH | BaseException) -> bool:
+    """A tree head, when one comes back, has a uint64 size and timestamp and a SHA-256 root."""
+    if isinstance(out, MalformedSTH):
+        return True
+    assert isinstance(out, STH)
+    return (
+        0 <= out.tree_size < 2**64
+        and 0 <= out.timestamp_ms < 2**64
+        and len(out.root_hash) == HASH_SIZE
+    )
+
+
 @given(json_values)
 def test_sth_arbitrary_json(obj: object) -> None:
-    _sth(obj)
+    assert _sth_is_sound(_sth(obj))
 
 
 @given(mutated_tree(S.sth_json))
 def test_sth_mutated(obj: object) -> None:
-    _sth(obj)
+    assert _sth_is_sound(_sth(obj))
 
 
 @given(
@@ -162,34 +188,44 @@ def test_sth_round_trip(size: int, ts: int, root: bytes, sig: bytes) -> None:
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoint(text: str | bytes) -> None:
-    check(
+def _checkpoint(text: str | bytes) -> bool:
+    """Parse and verify ``text``; whether the outcomes agree with each other: a checkpoint
+    that verifies also parses, with the same size and root, from the log's own origin (the
+    only one that can carry the log's signature)."""
+    parsed = check(
         "ctwatch.tiled.parse_checkpoint",
         lambda: parse_checkpoint(text, S.origin, url=URL),
         LogProtocolError,
         URL,
     )
-    check(
+    verified = check(
         "ctwatch.tiled.verify_checkpoint",
         lambda: verify_checkpoint(text, S.origin, S.log_key_der, url=URL),
         (LogProtocolError, BadSignature),
         URL,
     )
+    if isinstance(verified, BaseException):
+        return isinstance(parsed, Checkpoint | LogProtocolError)
+    return (
+        isinstance(parsed, Checkpoint)
+        and parsed.origin == S.origin
+        and (verified.size, verified.root_hash) == (parsed.size, parsed.root_hash)
+    )
 
 
 @given(st.text(max_size=400) | st.binary(max_size=400))
 def test_checkpoint_arbitrary(text: str | bytes) -> None:
-    _checkpoint(text)
+    assert _checkpoint(text)
 
 
 @given(mutated(S.checkpoint.encode()) | mutated_text(S.checkpoint))
 def test_checkpoint_mutated(text: str | bytes) -> None:
-    _checkpoint(text)
+    assert _checkpoint(text)
 
 
 @given(st.lists(st.sampled_from(S.checkpoint.splitlines(keepends=True)), max_size=8))
 def test_checkpoint_lines_shuffled(lines: list[str]) -> None:
-    _checkpoint("".join(lines))
+    assert _checkpoint("".join(lines))
 
 
 def test_checkpoint_sample_verifies() -> None:

@@ -179,12 +179,30 @@ def _decode(body: Any) -> object:
     return check("bot.slack_app action payload", all_of_it, BadInteraction, "slack payload")
 
 
-def _view(view: Any) -> None:
-    out = check(
+def _view(view: Any) -> object:
+    return check(
         "bot.slack_app revoke_form", lambda: revoke_form(view), BadInteraction, "slack payload"
     )
-    if isinstance(out, tuple):
-        assert all(isinstance(x, str) for x in out)
+
+
+def _is_form(out: object) -> bool:
+    """The revoke form's (page, fingerprint, reason), all strings, or the one refusal."""
+    if isinstance(out, BadInteraction):
+        return True
+    return isinstance(out, tuple) and len(out) == 3 and all(isinstance(x, str) for x in out)
+
+
+def _is_action(out: object) -> bool:
+    """The action's (user, page, job id), or the one refusal."""
+    if isinstance(out, BadInteraction):
+        return True
+    return (
+        isinstance(out, tuple)
+        and len(out) == 3
+        and isinstance(out[0], str)
+        and isinstance(out[1], str)
+        and isinstance(out[2], int)
+    )
 
 
 _BLOCK_ACTIONS = {
@@ -218,25 +236,29 @@ _VIEW = {
 @given(json_values)
 def test_slack_arbitrary_payload(body: Any) -> None:
     # What comes back is the action's fields or the one refusal type, nothing else.
-    assert isinstance(_decode(body), tuple | BadInteraction)
-    _view(body)
+    assert _is_action(_decode(body))
+    assert _is_form(_view(body))
 
 
 @given(mutated_tree(_BLOCK_ACTIONS))
 def test_slack_mutated_action(body: Any) -> None:
-    _decode(body)
+    assert _is_action(_decode(body))
 
 
 @given(json_values.map(json.dumps) | st.text(max_size=60))
 def test_slack_button_value_text(value: str) -> None:
     body = json.loads(json.dumps(_BLOCK_ACTIONS))
     body["actions"][0]["value"] = value
-    _decode(body)
+    out = _decode(body)
+    assert _is_action(out)
+    if not isinstance(out, BadInteraction):  # decoded: the value was a JSON object (or empty)
+        said = json.loads(value) if value else {}
+        assert isinstance(said, dict) and out[1] == said.get("page", "")  # type: ignore[index]
 
 
 @given(mutated_tree(_VIEW))
 def test_slack_mutated_view(view: Any) -> None:
-    _view(view)
+    assert _is_form(_view(view))
 
 
 def test_slack_round_trip() -> None:
