@@ -90,8 +90,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks._common import (
     MiB,
@@ -109,14 +107,12 @@ from benchmarks._common import (
     wait_quiet,
     write_watchlist,
 )
+from ctwatch.local_log import signed_tree_head
 from ctwatch.rfc6962 import (
-    SIG_ALG_ECDSA,
     STH,
     empty_root,
-    encode_digitally_signed,
     leaf_hash,
     node_hash,
-    sth_signed_data,
 )
 from tests.support.ct_log import LoopbackCTLog
 
@@ -228,12 +224,8 @@ class PreEncodedCTLog(PooledCTLog):
             self._build_levels()
             size = len(self._hashes)
             root = subtree_root(self._levels, 0, size, node_hash) if size else empty_root()
-            ts = self._clock_ms()
-            if self.sths and ts <= self.sths[-1].timestamp_ms:
-                ts = self.sths[-1].timestamp_ms + 1
-            unsigned = STH(size, ts, root, b"")
-            sig = self.key.sign(sth_signed_data(unsigned), ec.ECDSA(hashes.SHA256()))
-            sth = STH(size, ts, root, encode_digitally_signed(SIG_ALG_ECDSA, sig))
+            last = self.sths[-1] if self.sths else None
+            sth = signed_tree_head(self.key, size, root, self._clock_ms(), last)
             self.sths.append(sth)
             return sth
 

@@ -93,15 +93,12 @@ from benchmarks._common import (
     wait_load1,
     write_watchlist,
 )
-from ctwatch.local_log import LocalLog
+from ctwatch.local_log import LocalLog, signed_tree_head
 from ctwatch.rfc6962 import (
-    SIG_ALG_ECDSA,
     STH,
     empty_root,
-    encode_digitally_signed,
     leaf_hash,
     node_hash,
-    sth_signed_data,
 )
 
 TARGET_GROWTH = 0.10  # RSS at the end vs after the first minute
@@ -174,12 +171,8 @@ class SoakLog(LocalLog):
     def publish(self) -> STH:
         size = len(self._heads)
         root = self.root_at(size)
-        ts = self._clock_ms()
-        if self.sths and ts <= self.sths[-1].timestamp_ms:
-            ts = self.sths[-1].timestamp_ms + 1
-        unsigned = STH(size, ts, root, b"")
-        sig = self.key.sign(sth_signed_data(unsigned), _ecdsa())
-        sth = STH(size, ts, root, encode_digitally_signed(SIG_ALG_ECDSA, sig))
+        last = self.sths[-1] if self.sths else None
+        sth = signed_tree_head(self.key, size, root, self._clock_ms(), last)
         self.sths.append(sth)
         del self.sths[:-4]  # only the latest is served; do not keep 600 of them
         return sth
@@ -205,13 +198,6 @@ class SoakLog(LocalLog):
 
     async def _get_proof_by_hash(self, request: web.Request) -> web.Response:
         return self._bad("not served by the soak log (the monitor does not ask for inclusion)")
-
-
-def _ecdsa() -> Any:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.ECDSA(hashes.SHA256())
 
 
 def build_pool(log: SoakLog, params: dict[str, Any]) -> dict[str, Any]:

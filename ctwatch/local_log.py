@@ -147,6 +147,17 @@ def strip_poison(tbs_der: bytes) -> bytes:
     return _tlv(tag, b"".join(fields))
 
 
+def signed_tree_head(
+    key: ec.EllipticCurvePrivateKey, size: int, root: bytes, timestamp_ms: int, after: STH | None
+) -> STH:
+    """The log's ECDSA-signed tree head over ``size`` leaves with ``root``, timestamped
+    ``timestamp_ms``, or one millisecond after the previous head ``after`` when the clock has
+    not moved on (STH timestamps must increase)."""
+    ts = max(timestamp_ms, after.timestamp_ms + 1) if after is not None else timestamp_ms
+    sig = key.sign(sth_signed_data(STH(size, ts, root, b"")), ec.ECDSA(hashes.SHA256()))
+    return STH(size, ts, root, encode_digitally_signed(SIG_ALG_ECDSA, sig))
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -230,12 +241,8 @@ class LocalLog:
         with self._lock:
             size = len(self._hashes)
             root = root_from_leaves(self._hashes)
-            ts = self._clock_ms()
-            if self.sths and ts <= self.sths[-1].timestamp_ms:
-                ts = self.sths[-1].timestamp_ms + 1  # STH timestamps must increase
-            unsigned = STH(size, ts, root, b"")
-            sig = self.key.sign(sth_signed_data(unsigned), ec.ECDSA(hashes.SHA256()))
-            sth = STH(size, ts, root, encode_digitally_signed(SIG_ALG_ECDSA, sig))
+            last = self.sths[-1] if self.sths else None
+            sth = signed_tree_head(self.key, size, root, self._clock_ms(), last)
             self.sths.append(sth)
             return sth
 
@@ -442,5 +449,6 @@ __all__ = [
     "inclusion_path",
     "make_precert",
     "serving",
+    "signed_tree_head",
     "strip_poison",
 ]

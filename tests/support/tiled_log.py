@@ -43,21 +43,19 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from ctwatch.local_log import signed_tree_head
 from ctwatch.rfc6962 import (
-    SIG_ALG_ECDSA,
     STH,
     encode_cert_chain,
-    encode_digitally_signed,
     encode_precert_chain_entry,
     encode_precert_leaf,
     encode_x509_leaf,
     leaf_hash,
     log_id,
     root_from_leaves,
-    sth_signed_data,
 )
 from tests.support.ct_log import strip_poison
 from tests.support.loopback import ThreadedServer
@@ -212,12 +210,8 @@ class LoopbackTiledLog(ThreadedServer):
                         n, w = count // WIDTH, count % WIDTH
                         self._published[_tile_path(kind, n, w)] = (kind, n, w)
             root = root_from_leaves(self._nodes[0][:size])
-            ts = self._clock_ms()
-            if self.sths and ts <= self.sths[-1].timestamp_ms:
-                ts = self.sths[-1].timestamp_ms + 1
-            unsigned = STH(size, ts, root, b"")
-            sig = self.key.sign(sth_signed_data(unsigned), ec.ECDSA(hashes.SHA256()))
-            sth = STH(size, ts, root, encode_digitally_signed(SIG_ALG_ECDSA, sig))
+            last = self.sths[-1] if self.sths else None
+            sth = signed_tree_head(self.key, size, root, self._clock_ms(), last)
             self.sths.append(sth)
             return sth
 
