@@ -342,8 +342,15 @@ class EngineBacked:
                 self._release_pages(conn)
 
     def _release_pages(self, conn: Connection) -> None:
-        if self._engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("PRAGMA shrink_memory")
+        if self._engine.dialect.name != "sqlite":
+            return
+        # On the driver's connection (autocommit, see _on_connect): through SQLAlchemy the
+        # statement would open a transaction of its own, BEGIN IMMEDIATE on a writer's.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("PRAGMA shrink_memory")
+        finally:
+            cursor.close()
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:

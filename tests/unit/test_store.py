@@ -850,3 +850,33 @@ def test_problem_sets_have_one_canonical_stored_form() -> None:
     ]
     assert parse_codes("not json") == []
     assert parse_codes(["tls_error"]) == [ProblemCode.TLS_ERROR]
+
+
+def test_a_large_read_or_write_drops_its_pages_without_another_transaction(
+    tmp_path: Path,
+) -> None:
+    """``_read(large=True)`` / ``_write(large=True)`` (a scrape's whole-inventory read, a scan
+    chunk's record) release the SQLite connection's page cache on the driver's connection: no
+    second transaction, so no extra ``BEGIN IMMEDIATE`` and write lock after a write."""
+    from sqlalchemy import event
+
+    inv = Inventory.open(f"sqlite:///{tmp_path / 'pages.db'}")
+    try:
+        sent: list[str] = []
+        event.listen(
+            inv._engine, "before_cursor_execute", lambda _c, _cur, stmt, *_a: sent.append(stmt)
+        )
+        with inv._write(large=True):
+            pass
+        with inv._read(large=True):
+            pass
+        assert sent == ["BEGIN IMMEDIATE", "BEGIN"]
+        # And every connection's page cache is bounded (engine.CACHE_KIB), writers' too.
+        conn = inv._engine.raw_connection()
+        try:
+            used = conn.execute("PRAGMA cache_size").fetchone()  # type: ignore[attr-defined]
+            assert used == (-engine_module.CACHE_KIB,)
+        finally:
+            conn.close()
+    finally:
+        inv.close()
