@@ -11,16 +11,20 @@ State lives in ``state_dir`` (0700)::
 A first start creates the hierarchy; every later start loads it, so certificates issued before a
 restart still chain and can still be revoked. Every operation runs in a worker thread (RSA key
 generation and file writes must not block the loop) under one lock, so the index and the CRL
-never interleave.
+never interleave: a thread lock within the process and ``flock`` on ``state_dir/.lock``
+across the processes sharing the directory (replicas starting together, each would otherwise
+create a hierarchy of its own over the others' files), the index read again under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -125,12 +129,25 @@ class LocalCAIssuer:
         self.name = name
         self.config = config
         self.clock = clock
-        self._lock = threading.Lock()
+        self._thread_lock = threading.Lock()
         self._index_path = config.state_dir / "index.json"
-        self._ca = self._load_or_create()
-        self._index = self._load_index()
-        if not config.crl_file.exists():
-            self._publish_crl_locked()
+        self._index: dict[str, Any] = {}  # as stored, read again under _lock()
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock():
+            self._ca = self._load_or_create()
+            if not config.crl_file.exists():
+                self._publish_crl_locked()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The CA's state to this thread alone, across processes too; the index as stored."""
+        with self._thread_lock, (self.config.state_dir / ".lock").open("a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                self._index = self._load_index()
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def __repr__(self) -> str:
         return f"LocalCAIssuer(name={self.name!r}, state_dir={str(self.config.state_dir)!r})"
@@ -150,7 +167,6 @@ class LocalCAIssuer:
 
     def _load_or_create(self) -> LocalCA:
         d = self.config.state_dir
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         root_pem, root_key = d / "root.pem", d / "root.key"
         int_pem, int_key = d / "intermediate.pem", d / "intermediate.key"
         if root_pem.exists() and root_key.exists():
@@ -215,11 +231,11 @@ class LocalCAIssuer:
         write_public(self._index_path, json.dumps(self._index, indent=1, sort_keys=True).encode())
 
     def issued_serials(self) -> list[str]:
-        with self._lock:
+        with self._lock():
             return sorted(self._index["issued"])
 
     def revocations(self) -> dict[str, Revocation]:
-        with self._lock:
+        with self._lock():
             return {s: _revocation(s, r) for s, r in self._index["revoked"].items()}
 
     # -- Issuer protocol -----------------------------------------------------------------------
@@ -261,7 +277,7 @@ class LocalCAIssuer:
             log.warning("%s: leaf lifetime cut to the CA's notAfter %s", self.name, ca_end)
         if lifetime <= timedelta(0):
             raise IssuerError(self.name, "the issuing CA has expired")
-        with self._lock:
+        with self._lock():
             issued = self._ca.issue(
                 list(request.names), now, lifetime=lifetime, not_before=start, key=key
             )
@@ -288,7 +304,7 @@ class LocalCAIssuer:
             raise IssuerError(
                 self.name, f"cannot revoke serial {serial}: not issued by this CA"
             ) from None
-        with self._lock:
+        with self._lock():
             if serial in self._index["revoked"]:
                 log.info("%s: serial %s was already revoked", self.name, serial)
                 return
@@ -302,7 +318,7 @@ class LocalCAIssuer:
         log.info("%s: revoked serial %s (%s)", self.name, serial, reason.name.lower())
 
     def _publish_crl(self) -> Path:
-        with self._lock:
+        with self._lock():
             return self._publish_crl_locked()
 
     def _publish_crl_locked(self) -> Path:

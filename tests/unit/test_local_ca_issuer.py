@@ -222,3 +222,33 @@ def test_world_readable_key_is_tightened(tmp_path: Path, clock: FixedClock) -> N
     key.chmod(0o644)
     make(tmp_path, clock)
     assert mode(key) == 0o600
+
+
+def _start_replica(state_dir: str, count: int) -> list[str]:
+    """Body of one process: open the shared CA, issue ``count`` certificates, return serials
+    and the root's fingerprint (first)."""
+    clock = FixedClock(NOW)
+    issuer = LocalCAIssuer("internal", LocalCAConfig(state_dir=Path(state_dir)), clock=clock)
+    root = issuer.ca.root.fingerprint(issuer.ca.root.signature_hash_algorithm).hex()  # type: ignore[arg-type]
+    serials = [
+        issuer._issue_sync(IssueRequest(names=(f"r{i}.example.test",))).serial for i in range(count)
+    ]
+    return [root, *serials]
+
+
+def test_replicas_sharing_the_state_dir_make_one_ca_and_one_index(tmp_path: Path) -> None:
+    """Three processes start on one empty ``state_dir`` at once (replicas on a shared volume):
+    one creates the hierarchy and the others load it (before, two could write their own keys
+    over each other's certificates: "the CA key does not match its certificate"), and every
+    serial any of them issued is in the index (each read-modify-write under the lock)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        results = pool.starmap(_start_replica, [(str(tmp_path / "ca"), 4)] * 3)
+    assert len({r[0] for r in results}) == 1  # one root
+    issued = {s for r in results for s in r[1:]}
+    assert len(issued) == 12
+    index = json.loads((tmp_path / "ca" / "index.json").read_text())
+    assert set(index["issued"]) == issued
+    reopened = make(tmp_path, FixedClock(NOW))
+    assert set(reopened.issued_serials()) == issued
