@@ -243,9 +243,14 @@ def test_variable_queries_list_values(stack: Stack) -> None:
 
 
 def _value(stack: Stack, uid: str, title: str, ref: int = 0) -> list[dict[str, Any]]:
+    """The panel's query result, once Prometheus has data for it (up to ``DATA_SECONDS``: this
+    test may run before any other of the module has waited for the first scrapes)."""
     exprs = [e for u, t, e in _queries() if u == uid and t == title]
     assert exprs, (uid, title)
-    return query(stack.prom_url, exprs[ref])
+    deadline = time.monotonic() + DATA_SECONDS
+    while not (result := query(stack.prom_url, exprs[ref])) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return result
 
 
 def test_key_panels_show_the_demo_fleet(stack: Stack) -> None:
